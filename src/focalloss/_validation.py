@@ -1,0 +1,162 @@
+"""Argument checks shared by every public entry point.
+
+Every error names the argument, what was expected and what was given. Checks on Python values
+and on tensor metadata (shape, dtype, device) always run. Checks that *read tensor values*
+(target ranges, negative weights) need a device-to-host read, which ``torch.compile`` cannot
+trace without a graph break; they are therefore skipped while compiling, and can be switched
+off globally with :func:`set_value_checks` or the environment variable
+``FOCALLOSS_VALUE_CHECKS=0`` for maximum speed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+_REDUCTIONS = ("none", "mean", "sum")
+_value_checks = os.environ.get("FOCALLOSS_VALUE_CHECKS", "1").strip().lower() not in (
+    "0",
+    "false",
+    "no",
+    "off",
+)
+
+
+def set_value_checks(enabled: bool) -> bool:
+    """Switch the checks that read tensor values on or off; returns the previous setting.
+
+    The checks that read values are: class-index targets in ``[0, C)`` (or ``[0, C]`` for the
+    sigmoid loss), non-negative ``alpha``/``weight``, and soft targets in ``[0, 1]`` for the
+    sigmoid loss. Each costs a small pass over a target-sized (not logits-sized) tensor and, on
+    a GPU, one synchronisation. They are skipped automatically inside ``torch.compile``.
+
+    Example:
+        >>> import focalloss
+        >>> previous = focalloss.set_value_checks(False)
+        >>> _ = focalloss.set_value_checks(previous)
+    """
+    global _value_checks
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    previous = _value_checks
+    _value_checks = enabled
+    return previous
+
+
+def value_checks_enabled() -> bool:
+    """Whether checks that read tensor values run now (never while ``torch.compile`` traces)."""
+    return _value_checks and not torch.compiler.is_compiling()
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def check_gamma(gamma: float) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, Real):
+        raise TypeError(f"gamma: expected a real number >= 0, got {type(gamma).__name__}")
+    gamma = float(gamma)
+    if not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"gamma: expected a finite number >= 0, got {gamma}")
+    return gamma
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
+    return value
+
+
+def check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_ignore_index(ignore_index: int | None) -> None:
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+    ):
+        raise TypeError(f"ignore_index: expected an int or None, got {ignore_index!r}")
+
+
+def check_same_device(name: str, value: torch.Tensor, input: torch.Tensor) -> None:
+    if value.device != input.device:
+        raise ValueError(
+            f"{name}: expected a tensor on the input's device {input.device}, "
+            f"got one on {value.device} (move it with .to(input.device))"
+        )
+
+
+def class_vector(
+    name: str,
+    value: Sequence[float] | torch.Tensor,
+    num_classes: int,
+    input: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Turn a per-class sequence or 1-D tensor into a checked ``(C,)`` tensor of ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        check_same_device(name, value, input)
+        if value.dtype == torch.bool or not (value.is_floating_point() or _is_integer(value)):
+            raise TypeError(f"{name}: expected a real-valued tensor, got dtype {value.dtype}")
+        tensor = value
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"{name}: expected a sequence of numbers, got {value!r}")
+        tensor = torch.tensor([float(v) for v in value], dtype=dtype, device=input.device)
+    else:
+        raise TypeError(
+            f"{name}: expected None, a sequence of {num_classes} numbers or a 1-D tensor, "
+            f"got {type(value).__name__}"
+        )
+    if tensor.dim() != 1 or tensor.shape[0] != num_classes:
+        raise ValueError(
+            f"{name}: expected one factor per class, shape ({num_classes},), "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    if value_checks_enabled():
+        bad = ~(tensor >= 0) | ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            first = tensor[bad][0].item()
+            raise ValueError(f"{name}: expected finite values >= 0, got {first}")
+    return tensor.to(dtype)
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
+def is_integer_tensor(t: torch.Tensor) -> bool:
+    """Integer dtype (int8 ... int64, uint8), excluding bool."""
+    return _is_integer(t)
+
+
+def check_class_range(
+    target: Tensor, num_classes: int, ignore_index: int | None, upper: int
+) -> None:
+    """Raise if a class index is outside ``[0, upper)``.
+
+    ``target`` must already hold a valid class at ignored positions (the callers replace
+    ``ignore_index`` before calling), so one ``aminmax`` and one host read check everything.
+    """
+    if not value_checks_enabled() or target.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(target))
+    if low < 0 or high >= upper:
+        first = low if low < 0 else high
+        allowed = f"[0, {upper})" if upper == num_classes else f"[0, {num_classes}]"
+        extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(
+            f"target: class indices must lie in {allowed}{extra} for C={num_classes} classes, "
+            f"got {first}"
+        )

@@ -1,0 +1,290 @@
+"""Public loss functions: validate the arguments, pick the backend, compute, reduce."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import _validation as V
+from ._reference import softmax_focal_forward
+
+__all__ = ["focal_loss"]
+
+
+def focal_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float | Sequence[float] | Tensor | None = None,
+    weight: Sequence[float] | Tensor | None = None,
+    ignore_index: int | None = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    detach_modulator: bool = False,
+) -> Tensor:
+    r"""Multi-class (softmax) focal loss of Lin et al. (2017), a drop-in for ``F.cross_entropy``.
+
+    With ``p = softmax(input, dim=1)``, ``v_i = 1[target_i != ignore_index]``, ``w = weight``
+    and ``a = alpha`` (ones when None) and ``eps = label_smoothing``, each position ``i`` has
+    the target distribution ``q_i = (1 - eps) * onehot(target_i) + eps / C`` (class indices)
+    or ``q_i = (1 - eps) * target_i + eps / C`` (probabilities, ``v_i = 1``) and the loss
+
+    .. math::
+
+        \ell_i = v_i \sum_c w_c\, a_c\, q_{ic}\, (1 - p_{ic})^\gamma\, (-\log p_{ic}).
+
+    For hard targets (``eps = 0``) this is the paper's ``-a_t (1 - p_t)^gamma log p_t``, times
+    ``w_t``. With ``gamma = 0`` and ``alpha = None`` values and gradients equal
+    ``F.cross_entropy`` with the same ``weight``, ``ignore_index``, ``reduction`` and
+    ``label_smoothing``.
+
+    Reductions: ``"none"`` returns ``loss_i`` (0 at ignored positions); ``"sum"`` their sum;
+    ``"mean"`` the sum divided by ``sum_i v_i * w_{target_i}`` for class indices (as
+    ``F.cross_entropy``: ``weight`` enters the divisor, ``alpha`` does not) or by the number of
+    positions for probabilities. When that divisor is 0 (every target ignored, zero weights or
+    an empty batch) ``"mean"`` returns 0 with zero gradients, where ``F.cross_entropy`` returns
+    NaN: one all-ignored crop cannot poison a training run.
+
+    The gradient is the exact derivative (through ``(1 - p_t)^gamma`` too), computed in closed
+    form together with the loss; it is finite for every ``gamma >= 0`` and logits up to
+    ``+-1e4`` in float32, float16 and bfloat16. Half-precision inputs are computed in float32:
+    the loss is float32, the input gradient has the input's dtype. Double backward is not
+    supported (it raises).
+
+    Args:
+        input: logits ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; the class dimension is 1
+            (0 when unbatched). Any layout (channels_last, strided views) is read as it is.
+        target: class indices ``(N, d1, ..., dk)`` (``()`` when unbatched) of an integer dtype
+            (int64 or uint8, say), or class probabilities of the input's shape (floating).
+        gamma: focusing parameter ``>= 0``. Default: 2.
+        alpha: per-class factors ``a`` (a sequence or 1-D tensor of ``C`` values ``>= 0``), or
+            a number ``a`` in [0, 1] meaning ``[a, 1 - a]`` for classes 0 and 1 (the seed
+            module's convention, valid only when ``C == 2``), or None. Default: None.
+        weight: per-class rescaling ``w`` of ``C`` values ``>= 0``, as in ``F.cross_entropy``;
+            it also weights the ``"mean"`` divisor. Default: None.
+        ignore_index: class-index value that marks positions that contribute nothing, or
+            None. With probability targets it must stay -100 or None (as in
+            ``F.cross_entropy``, which rejects other values). Default: -100.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``. Default: ``"mean"``.
+        label_smoothing: ``eps`` in [0, 1]. Default: 0.
+        detach_modulator: treat ``(1 - p)^gamma`` as a constant in the backward pass; this
+            reproduces the seed module (which detaches ``p_t``). Default: False.
+
+    Returns:
+        A 0-d tensor, or ``(N, d1, ..., dk)`` for ``reduction="none"``; float32 for half inputs.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> from focalloss import focal_loss
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.5, 0.2]])
+        >>> target = torch.tensor([0, 2])
+        >>> focal_loss(logits, target, gamma=2.0)
+        tensor(0.3888)
+        >>> torch.allclose(focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target))
+        True
+    """
+    V.check_tensor("input", input)
+    V.check_tensor("target", target)
+    V.check_reduction(reduction)
+    gamma = V.check_gamma(gamma)
+    label_smoothing = V.check_unit_interval("label_smoothing", label_smoothing)
+    V.check_ignore_index(ignore_index)
+    if not isinstance(detach_modulator, bool):
+        raise TypeError(f"detach_modulator: expected a bool, got {detach_modulator!r}")
+    if not input.is_floating_point():
+        raise TypeError(f"input: expected floating-point logits, got dtype {input.dtype}")
+    if input.dim() == 0:
+        raise ValueError("input: expected logits of shape (C), (N, C) or (N, C, d1, ...), got a 0-d tensor")
+    V.check_same_device("target", target, input)
+
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    num_classes = input.shape[1]
+    if num_classes == 0:
+        raise ValueError(f"input: expected at least one class (C >= 1), got shape {tuple(input.shape)}")
+    probabilities = _target_kind(input, target, unbatched)
+
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    alpha_vec = _alpha_vector(alpha, num_classes, input, compute_dtype)
+    weight_vec = None if weight is None else V.class_vector("weight", weight, num_classes, input, compute_dtype)
+    class_coef = _product(weight_vec, alpha_vec)
+
+    if probabilities:
+        if ignore_index not in (None, -100):
+            raise ValueError(
+                f"ignore_index: not supported with probability targets (as in F.cross_entropy); "
+                f"expected -100 (the default) or None, got {ignore_index}"
+            )
+        ignored = None
+        divisor: Tensor | None = torch.tensor(
+            float(target.numel() // num_classes), dtype=compute_dtype, device=input.device
+        )
+    else:
+        target = target.long()
+        ignored = None if ignore_index is None else target == ignore_index
+        if ignored is not None:
+            target = target.masked_fill(ignored, 0)  # any valid class: its terms are masked
+        V.check_class_range(target, num_classes, ignore_index, num_classes)
+        divisor = _index_divisor(target, ignored, weight_vec, compute_dtype)
+    grad_scale = None
+    if reduction == "mean":
+        assert divisor is not None
+        grad_scale = torch.where(divisor > 0, divisor.reciprocal(), 0.0)
+
+    args = (class_coef, ignored, grad_scale, gamma, label_smoothing, detach_modulator, reduction)
+    if torch.is_grad_enabled() and input.requires_grad:
+        loss = _SoftmaxFocalLoss.apply(input, target, *args)
+    else:
+        loss, _ = _softmax_focal_loss(input, target, *args, need_grad=False)
+    if unbatched and reduction == "none":
+        loss = loss.squeeze(0)
+    return loss
+
+
+def _target_kind(input: Tensor, target: Tensor, unbatched: bool) -> bool:
+    """True for probability targets, False for class indices; raises on anything else."""
+    index_shape = input.shape[:1] + input.shape[2:]
+    shown_index = "()" if unbatched else str(tuple(index_shape))
+    shown_input = str(tuple(input.shape[1:] if unbatched else input.shape))
+    shown_target = str(tuple(target.shape[1:] if unbatched else target.shape))
+    if target.shape == input.shape:
+        if not target.is_floating_point():
+            raise TypeError(
+                f"target: a target of the input's shape {shown_input} holds class probabilities "
+                f"and must be floating point, got dtype {target.dtype} (for class indices pass "
+                f"shape {shown_index})"
+            )
+        return True
+    if target.shape == index_shape:
+        if not V.is_integer_tensor(target):
+            raise TypeError(
+                f"target: class indices of shape {shown_index} must have an integer dtype "
+                f"(int64 or uint8), got dtype {target.dtype} (convert with target.long())"
+            )
+        return False
+    raise ValueError(
+        f"target: expected class indices of shape {shown_index} or probabilities of shape "
+        f"{shown_input} for input of shape {shown_input}, got shape {shown_target}"
+    )
+
+
+def _alpha_vector(
+    alpha: float | Sequence[float] | Tensor | None,
+    num_classes: int,
+    input: Tensor,
+    dtype: torch.dtype,
+) -> Tensor | None:
+    if alpha is None:
+        return None
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        a = V.check_unit_interval("alpha", alpha)
+        if num_classes != 2:
+            raise ValueError(
+                f"alpha: a single number a means factors [a, 1 - a] for classes 0 and 1 and is "
+                f"valid only for C == 2, got C={num_classes}; pass {num_classes} per-class "
+                f"factors instead"
+            )
+        return torch.tensor([a, 1.0 - a], dtype=dtype, device=input.device)
+    return V.class_vector("alpha", alpha, num_classes, input, dtype)
+
+
+def _product(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a * b
+
+
+def _index_divisor(
+    target: Tensor, ignored: Tensor | None, weight: Tensor | None, dtype: torch.dtype
+) -> Tensor:
+    """``sum_i v_i * w_{target_i}``: the divisor of ``reduction="mean"`` for class indices."""
+    if weight is None:
+        count = torch.tensor(float(target.numel()), dtype=dtype, device=target.device)
+        return count if ignored is None else count - ignored.sum(dtype=dtype)
+    w_t = weight[target]
+    if ignored is not None:
+        w_t.masked_fill_(ignored, 0.0)
+    return w_t.sum()
+
+
+def _softmax_focal_loss(
+    input: Tensor,
+    target: Tensor,
+    class_coef: Tensor | None,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    gamma: float,
+    label_smoothing: float,
+    detach_modulator: bool,
+    reduction: str,
+    *,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The reduced loss and the gradient of the reduced loss (PyTorch backend)."""
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    loss, grad = softmax_focal_forward(
+        input,
+        target,
+        class_coef=class_coef,
+        ignored=ignored,
+        grad_scale=grad_scale,
+        gamma=gamma,
+        label_smoothing=label_smoothing,
+        detach_modulator=detach_modulator,
+        need_grad=need_grad,
+        compute_dtype=compute_dtype,
+    )
+    if reduction == "sum":
+        loss = loss.sum()
+    elif reduction == "mean":
+        assert grad_scale is not None
+        loss = loss.sum() * grad_scale
+    if grad is not None and grad.dtype != input.dtype:
+        grad = grad.to(input.dtype)
+    return loss, grad
+
+
+class _SoftmaxFocalLoss(torch.autograd.Function):
+    """Loss and closed-form input gradient in one forward; backward only scales the gradient.
+
+    In eager mode the gradient buffer is handed to autograd in the first backward (scaled in
+    place, or untouched when ``grad_output`` is exactly 1), so no logits-sized tensor is
+    allocated or copied there. A second backward through the same graph (``retain_graph``)
+    recomputes it from the saved inputs. Under ``torch.compile`` the plain form
+    ``saved_grad * grad_output`` is traced instead.
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, *args):  # type: ignore[override]
+        loss, grad = _softmax_focal_loss(input, target, *args, need_grad=True)
+        ctx.per_position = args[-1] == "none"
+        if torch.compiler.is_compiling():
+            ctx.save_for_backward(grad)
+        else:
+            ctx.grad = grad
+            ctx.args = args
+            ctx.save_for_backward(input, target, *(a for a in args[:3]))
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):  # type: ignore[override]
+        nones = (None,) * 9
+        if torch.compiler.is_compiling():
+            (grad,) = ctx.saved_tensors
+            scale = grad_output.to(grad.dtype)
+            return (grad * (scale.unsqueeze(1) if ctx.per_position else scale),) + nones
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # retain_graph: a second backward through this node
+            input, target, *saved = ctx.saved_tensors
+            _, grad = _softmax_focal_loss(input, target, *saved, *ctx.args[3:], need_grad=True)
+        if ctx.per_position:
+            grad.mul_(grad_output.to(grad.dtype).unsqueeze(1))
+        elif not (grad_output.device.type == "cpu" and grad_output.item() == 1.0):
+            grad.mul_(grad_output.to(grad.dtype))
+        return (grad,) + nones
