@@ -57,7 +57,7 @@ def hard_target_terms(
     q = torch.expm1(lp_t)  # p - 1, exact near p = 1
     if gamma == 0.0:
         return lp_t.clone(), None, q
-    m = q.neg() if gamma == 1.0 else q.neg().pow_(gamma)
+    m = q.square() if gamma == 2.0 else (q.neg() if gamma == 1.0 else q.neg().pow_(gamma))
     nl = lp_t * m
     if detach_modulator:
         return nl, m, q
@@ -96,75 +96,144 @@ def softmax_focal_forward(
         ``(loss, grad)``: loss ``(N, *)`` in ``compute_dtype``, 0 at ignored positions;
         grad ``(N, C, *)`` in ``compute_dtype`` or None.
     """
-    num_classes = input.shape[1]
-    lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
     if target.dtype == torch.int64 and label_smoothing == 0.0:
+        lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
         return _hard_forward(
             lp, target, class_coef, ignored, grad_scale, gamma, detach_modulator, need_grad
         )
+    options = dict(
+        class_coef=class_coef,
+        grad_scale=grad_scale,
+        gamma=gamma,
+        eps=label_smoothing,
+        detach_modulator=detach_modulator,
+        compute_dtype=compute_dtype,
+    )
+    chunks = _chunk_slices(input)
+    if len(chunks) == 1:
+        return _dense_forward(input, target, ignored, need_grad=need_grad, **options)
+    # Dense targets touch every logit several times: run them over cache-sized pieces so the
+    # temporaries stay in cache and only the gradient is a logits-sized buffer.
+    probabilities = target.dim() == input.dim()
+    loss = input.new_empty(input.shape[:1] + input.shape[2:], dtype=compute_dtype)
+    grad = torch.empty_like(input, dtype=compute_dtype) if need_grad else None
+    for xs in chunks:
+        ps = xs if probabilities else xs[:1] + xs[2:]
+        part_loss, part_grad = _dense_forward(
+            input[xs],
+            target[ps],
+            None if ignored is None else ignored[xs[:1] + xs[2:]],
+            need_grad=need_grad,
+            **options,
+        )
+        loss[xs[:1] + xs[2:]] = part_loss
+        if grad is not None:
+            grad[xs] = part_grad
+    return loss, grad
 
-    # Dense part: k_c = K[c] for every class. Probability targets: K = w*a*((1-eps) t + eps/C).
-    # Smoothed index targets: K = w*a*eps/C here, plus the (1-eps)*w_t*a_t hard part below.
-    eps = label_smoothing
-    if target.dtype == torch.int64:
-        dense_k: Tensor | float = eps / num_classes
-        if class_coef is not None:
-            dense_k = _class_view(class_coef * (eps / num_classes), input.dim())
-        hard_k = lp_t = None
-        if eps != 1.0:
-            lp_t = lp.gather(1, target.unsqueeze(1)).squeeze(1)
-            hard_k = (1.0 - eps) * (
-                class_coef[target] if class_coef is not None else torch.ones_like(lp_t)
-            )
+
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _chunk_slices(input: Tensor) -> list[tuple[slice, ...]]:
+    """Index tuples that split ``(N, C, *)`` along N, then along dim 2, into cache-sized parts."""
+    total = input.numel()
+    if total <= 2 * _CHUNK_ELEMENTS or torch.compiler.is_compiling():
+        return [(slice(None),)]
+    per_row = total // input.shape[0]
+    if per_row <= _CHUNK_ELEMENTS or input.dim() < 3:
+        step = max(1, _CHUNK_ELEMENTS // per_row)
+        return [(slice(n, n + step),) for n in range(0, input.shape[0], step)]
+    per_slab = per_row // input.shape[2]
+    step = max(1, _CHUNK_ELEMENTS // per_slab)
+    return [
+        (slice(n, n + 1), slice(None), slice(d, d + step))
+        for n in range(input.shape[0])
+        for d in range(0, input.shape[2], step)
+    ]
+
+
+def _dense_forward(
+    input: Tensor,
+    target: Tensor,
+    ignored: Tensor | None,
+    *,
+    class_coef: Tensor | None,
+    grad_scale: Tensor | None,
+    gamma: float,
+    eps: float,
+    detach_modulator: bool,
+    compute_dtype: torch.dtype,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Probability targets, or smoothed class indices: ``k_c`` is non-zero for every class.
+
+    Writes ``k = K_dense + onehot(t) * hard_k``, where ``K_dense = w*a*((1-eps)*target + eps/C)``
+    for probabilities and ``w*a*eps/C`` for indices, whose target class adds
+    ``hard_k = (1 - eps) * w_t * a_t``. With ``ng = -g`` (see the module docstring) the gradient
+    is ``p * sum_c ng - ng``. At most three logits-sized buffers live at once.
+    """
+    num_classes, ndim = input.shape[1], input.dim()
+    wa = None if class_coef is None else _class_view(class_coef, ndim)
+    lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
+
+    index = target.unsqueeze(1) if target.dtype == torch.int64 else None
+    if index is not None:
+        dense_k: Tensor | float = eps / num_classes if wa is None else wa * (eps / num_classes)
     else:
         dense_k = target.to(compute_dtype, copy=True)
         if eps != 0.0:
             dense_k.mul_(1.0 - eps).add_(eps / num_classes)
-        if class_coef is not None:
-            dense_k.mul_(_class_view(class_coef, input.dim()))
-        hard_k = lp_t = None
+        if wa is not None:
+            dense_k.mul_(wa)
 
-    modulated = gamma != 0.0
-    with_r = modulated and need_grad and not detach_modulator
-    p = lp.exp() if need_grad else None
-    if modulated:
-        omp = torch.expm1(lp).neg_()  # 1 - p without cancellation
-        if with_r:  # t = gamma * r - 1, r = p * lp / (1 - p), 0 where p == 1 (see above)
-            t = torch.mul(p, lp).div_(omp).nan_to_num_(nan=0.0).mul_(gamma).sub_(1.0)
-        km = omp.pow_(gamma).mul_(dense_k)  # k * m, reusing the 1 - p buffer
+    with_r = gamma != 0.0 and need_grad and not detach_modulator
+    if gamma != 0.0:
+        km = torch.expm1(lp)  # p - 1, exact near p = 1
+        if with_r:  # 1 - gamma * r, with -r = p * lp / (p - 1), 0 where it is 0/0 (see above)
+            c = lp.exp().mul_(lp).div_(km).nan_to_num_(nan=0.0).mul_(gamma).add_(1.0)
+        km.neg_()
+        if gamma != 1.0:
+            km.pow_(gamma)
+        km.mul_(dense_k)  # k * m
     else:
         km = dense_k  # m = 1
-    loss = lp.mul_(km).sum(1).neg_()  # lp is not needed below: reuse it
+    if with_r:
+        ng = c.mul_(km)  # -g = k * m * (1 - gamma * r)
+        loss = km.mul_(lp).sum(1).neg_()
+    else:
+        ng = km  # -g = k * m
+        loss = (lp * km).sum(1).neg_()
+        if loss.dim() < ndim - 1:  # k * m was a per-class vector: broadcast the sum
+            loss = loss.expand(lp.shape[:1] + lp.shape[2:]).clone()
 
-    if hard_k is not None:
-        assert lp_t is not None
+    hard_ng = None
+    if index is not None and eps != 1.0:
+        lp_t = lp.gather(1, index).squeeze(1)
+        hard_k = (1.0 - eps) * (
+            class_coef[target] if class_coef is not None else torch.ones_like(lp_t)
+        )
         nl, hard_s, _ = hard_target_terms(lp_t, gamma, detach_modulator)
         loss.sub_(nl.mul_(hard_k))
+        hard_ng = hard_k if hard_s is None else hard_s.mul_(hard_k)
     if ignored is not None:
         loss.masked_fill_(ignored, 0.0)
     if not need_grad:
         return loss, None
 
-    assert p is not None
-    if with_r:
-        g = t.mul_(km)
-    elif isinstance(km, Tensor) and km.shape == lp.shape:  # a buffer owned here
-        g = km.neg_()
-    elif isinstance(km, Tensor):  # per-class vector
-        g = torch.empty_like(lp).copy_(km).neg_()
-    else:
-        g = torch.full_like(lp, -km)
-    if hard_k is not None:  # g_t += k_t * g_t(hard) = -hard_k * s
-        hard_g = hard_k.neg_() if hard_s is None else hard_s.mul_(hard_k).neg_()
-        g.scatter_add_(1, target.unsqueeze(1), hard_g.unsqueeze(1))
-    # dL/dz = g - p * sum_c g
-    g.sub_(p.mul_(g.sum(1, keepdim=True)))
+    # dL/dz = p * S - ng with S = sum_c ng (the hard part adds hard_ng at the target class).
+    total = ng.sum(1) if isinstance(ng, Tensor) else torch.tensor(ng * num_classes)
+    if hard_ng is not None:
+        total = hard_ng + total
+    grad = lp.exp_().mul_(total.unsqueeze(1) if total.dim() else total).sub_(ng)
+    if hard_ng is not None:
+        grad.scatter_add_(1, index, hard_ng.neg().unsqueeze(1))
     if ignored is not None:
-        scale = (~ignored).to(g.dtype)
-        g.mul_((scale if grad_scale is None else scale.mul_(grad_scale)).unsqueeze(1))
+        scale = (~ignored).to(grad.dtype)
+        grad.mul_((scale if grad_scale is None else scale.mul_(grad_scale)).unsqueeze(1))
     elif grad_scale is not None:
-        g.mul_(grad_scale)
-    return loss, g
+        grad.mul_(grad_scale)
+    return loss, grad
 
 
 def _hard_forward(
@@ -201,9 +270,7 @@ def _hard_forward(
     s = s.unsqueeze(1)
     if torch.compiler.is_compiling():
         # One fusable expression for inductor instead of an in-place scatter.
-        classes = torch.arange(lp.shape[1], device=lp.device).view(
-            (1, -1) + (1,) * (lp.dim() - 2)
-        )
+        classes = torch.arange(lp.shape[1], device=lp.device).view((1, -1) + (1,) * (lp.dim() - 2))
         return loss, torch.where(classes == index, q.unsqueeze(1), lp.exp()) * s
     grad = lp.exp_().mul_(s)  # the log-softmax buffer becomes the gradient
     grad.scatter_(1, index, q.unsqueeze(1).mul_(s))

@@ -83,7 +83,7 @@ def focal_loss(
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.5, 0.2]])
         >>> target = torch.tensor([0, 2])
         >>> focal_loss(logits, target, gamma=2.0)
-        tensor(0.3888)
+        tensor(0.2722)
         >>> torch.allclose(focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target))
         True
     """
@@ -98,7 +98,9 @@ def focal_loss(
     if not input.is_floating_point():
         raise TypeError(f"input: expected floating-point logits, got dtype {input.dtype}")
     if input.dim() == 0:
-        raise ValueError("input: expected logits of shape (C), (N, C) or (N, C, d1, ...), got a 0-d tensor")
+        raise ValueError(
+            "input: expected logits of shape (C), (N, C) or (N, C, d1, ...), got a 0-d tensor"
+        )
     V.check_same_device("target", target, input)
 
     unbatched = input.dim() == 1
@@ -106,12 +108,18 @@ def focal_loss(
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     num_classes = input.shape[1]
     if num_classes == 0:
-        raise ValueError(f"input: expected at least one class (C >= 1), got shape {tuple(input.shape)}")
+        raise ValueError(
+            f"input: expected at least one class (C >= 1), got shape {tuple(input.shape)}"
+        )
     probabilities = _target_kind(input, target, unbatched)
 
     compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     alpha_vec = _alpha_vector(alpha, num_classes, input, compute_dtype)
-    weight_vec = None if weight is None else V.class_vector("weight", weight, num_classes, input, compute_dtype)
+    weight_vec = (
+        None
+        if weight is None
+        else V.class_vector("weight", weight, num_classes, input, compute_dtype)
+    )
     class_coef = _product(weight_vec, alpha_vec)
 
     if probabilities:
@@ -134,7 +142,7 @@ def focal_loss(
     grad_scale = None
     if reduction == "mean":
         assert divisor is not None
-        grad_scale = torch.where(divisor > 0, divisor.reciprocal(), 0.0)
+        grad_scale = divisor.reciprocal().nan_to_num_(posinf=0.0)  # 1/0 -> 0: the policy
 
     args = (class_coef, ignored, grad_scale, gamma, label_smoothing, detach_modulator, reduction)
     if torch.is_grad_enabled() and input.requires_grad:
@@ -204,8 +212,9 @@ def _index_divisor(
 ) -> Tensor:
     """``sum_i v_i * w_{target_i}``: the divisor of ``reduction="mean"`` for class indices."""
     if weight is None:
-        count = torch.tensor(float(target.numel()), dtype=dtype, device=target.device)
-        return count if ignored is None else count - ignored.sum(dtype=dtype)
+        if ignored is None:
+            return torch.tensor(float(target.numel()), dtype=dtype, device=target.device)
+        return target.numel() - ignored.sum(dtype=dtype)
     w_t = weight[target]
     if ignored is not None:
         w_t.masked_fill_(ignored, 0.0)
@@ -278,7 +287,7 @@ class _SoftmaxFocalLoss(torch.autograd.Function):
         if torch.compiler.is_compiling():
             (grad,) = ctx.saved_tensors
             scale = grad_output.to(grad.dtype)
-            return (grad * (scale.unsqueeze(1) if ctx.per_position else scale),) + nones
+            return (grad * (scale.unsqueeze(1) if ctx.per_position else scale), *nones)
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # retain_graph: a second backward through this node
             input, target, *saved = ctx.saved_tensors
@@ -287,4 +296,4 @@ class _SoftmaxFocalLoss(torch.autograd.Function):
             grad.mul_(grad_output.to(grad.dtype).unsqueeze(1))
         elif not (grad_output.device.type == "cpu" and grad_output.item() == 1.0):
             grad.mul_(grad_output.to(grad.dtype))
-        return (grad,) + nones
+        return (grad, *nones)
