@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from . import _validation as V
 from ._reference import softmax_focal_forward
@@ -258,6 +257,13 @@ def _softmax_focal_loss(
     return loss, grad
 
 
+_NO_DOUBLE_BACKWARD = (
+    "focalloss: double backward (create_graph=True through the loss) is not supported: the "
+    "gradient is computed in closed form, and differentiating it again is not implemented. "
+    "Compute the loss without create_graph, or use a plain-PyTorch composite for that term."
+)
+
+
 class _SoftmaxFocalLoss(torch.autograd.Function):
     """Loss and closed-form input gradient in one forward; backward only scales the gradient.
 
@@ -281,8 +287,9 @@ class _SoftmaxFocalLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise RuntimeError(_NO_DOUBLE_BACKWARD)
         nones = (None,) * 9
         if torch.compiler.is_compiling():
             (grad,) = ctx.saved_tensors
