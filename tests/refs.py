@@ -54,9 +54,7 @@ def softmax_focal_ref(
     else:
         t = t.long()
         valid = (
-            t != ignore_index
-            if ignore_index is not None
-            else torch.ones_like(t, dtype=torch.bool)
+            t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         )
         safe = torch.where(valid, t, torch.zeros_like(t))
         onehot = F.one_hot(safe, num_classes).movedim(-1, 1).double()

@@ -50,7 +50,10 @@ def test_gamma0_equals_cross_entropy(shape, reduction, use_weight, label_smoothi
         ignore_index = int(kind[len("index") :])
         t = _index_target(shape, ignore_index, g)
     kwargs = dict(
-        weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
     )
     ours = focal_loss(x, t, gamma=0.0, **kwargs)
     ref = F.cross_entropy(x, t, **kwargs)
@@ -244,12 +247,19 @@ def test_empty_batch_and_all_ignored_give_zero():
         (torch.randn(0, 4, requires_grad=True), torch.zeros(0, 4)),
     ]:
         for reduction in ("mean", "sum"):
-            loss = focal_loss(x, t, ignore_index=255 if not t.is_floating_point() else -100, reduction=reduction)
+            loss = focal_loss(
+                x, t, ignore_index=255 if not t.is_floating_point() else -100, reduction=reduction
+            )
             assert loss.item() == 0.0
             (grad,) = torch.autograd.grad(loss, x)
             assert torch.count_nonzero(grad) == 0
-        none = focal_loss(x, t, ignore_index=255 if not t.is_floating_point() else -100, reduction="none")
-        assert none.shape == t.shape[: t.dim() - (1 if t.is_floating_point() else 0)] or none.numel() == 0
+        none = focal_loss(
+            x, t, ignore_index=255 if not t.is_floating_point() else -100, reduction="none"
+        )
+        assert (
+            none.shape == t.shape[: t.dim() - (1 if t.is_floating_point() else 0)]
+            or none.numel() == 0
+        )
 
 
 def test_zero_weight_sum_gives_zero():
@@ -290,9 +300,7 @@ def test_uint8_targets_with_void_label():
 def test_scalar_alpha_is_the_seed_convention():
     x = torch.randn(6, 2, 3, dtype=torch.float64)
     t = torch.randint(0, 2, (6, 3))
-    torch.testing.assert_close(
-        focal_loss(x, t, alpha=0.25), focal_loss(x, t, alpha=[0.25, 0.75])
-    )
+    torch.testing.assert_close(focal_loss(x, t, alpha=0.25), focal_loss(x, t, alpha=[0.25, 0.75]))
     torch.testing.assert_close(focal_loss(x, t, alpha=0.25), softmax_focal_ref(x, t, alpha=0.25))
 
 
@@ -320,7 +328,9 @@ def test_half_precision_against_float32():
         loss.backward()
         ref.backward()
         assert x.grad.dtype == dtype
-        torch.testing.assert_close(x.grad.float(), xr.grad, rtol=tol, atol=tol * xr.grad.abs().max().item())
+        torch.testing.assert_close(
+            x.grad.float(), xr.grad, rtol=tol, atol=tol * xr.grad.abs().max().item()
+        )
 
 
 def test_no_grad_and_grad_paths_agree():

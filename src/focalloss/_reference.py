@@ -36,8 +36,33 @@ passes), so the code below reuses buffers it owns with in-place operations.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
+
+
+class HardGradParts(NamedTuple):
+    """What the hard-target gradient ``s * (p - onehot(t))`` is built from, per position.
+
+    Used under ``torch.compile``: saving these (the logits are alive anyway) instead of a
+    logits-sized gradient lets inductor fuse the gradient, its ``grad_output`` scaling and its
+    cast into one kernel that reads the logits once and writes the gradient once.
+    """
+
+    x: Tensor  # (N, C, *) logits in the compute dtype
+    lse: Tensor  # (N, 1, *) logsumexp over classes
+    index: Tensor  # (N, 1, *) target class
+    q: Tensor  # (N, 1, *) p_t - 1, from expm1(lp_t)
+    s: Tensor  # (N, 1, *) gradient scale, >= 0, 0 at ignored positions
+
+    def gradient(self, scale: Tensor | None = None) -> Tensor:
+        """``s * scale * (p - onehot(t))``; ``scale`` is 0-d or broadcasts like ``s``."""
+        classes = torch.arange(self.x.shape[1], device=self.x.device)
+        classes = classes.view((1, -1) + (1,) * (self.x.dim() - 2))
+        p = torch.exp(self.x - self.lse)
+        s = self.s if scale is None else self.s * scale
+        return torch.where(classes == self.index, self.q, p) * s
 
 
 def _class_view(v: Tensor, ndim: int) -> Tensor:
@@ -97,9 +122,16 @@ def softmax_focal_forward(
         grad ``(N, C, *)`` in ``compute_dtype`` or None.
     """
     if target.dtype == torch.int64 and label_smoothing == 0.0:
-        lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
         return _hard_forward(
-            lp, target, class_coef, ignored, grad_scale, gamma, detach_modulator, need_grad
+            input,
+            target,
+            class_coef,
+            ignored,
+            grad_scale,
+            gamma,
+            detach_modulator,
+            need_grad,
+            compute_dtype,
         )
     options = dict(
         class_coef=class_coef,
@@ -237,7 +269,7 @@ def _dense_forward(
 
 
 def _hard_forward(
-    lp: Tensor,
+    input: Tensor,
     target: Tensor,
     class_coef: Tensor | None,
     ignored: Tensor | None,
@@ -245,10 +277,20 @@ def _hard_forward(
     gamma: float,
     detach_modulator: bool,
     need_grad: bool,
+    compute_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor | None]:
     """Hard (index) targets without smoothing: all focal factors are per-position scalars."""
     index = target.unsqueeze(1)
-    lp_t = lp.gather(1, index).squeeze(1)
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        # For inductor: a logsumexp reduction and one fused gradient expression that reads the
+        # logits again, instead of a materialised log-softmax buffer.
+        x = input.to(compute_dtype)
+        lse = torch.logsumexp(x, dim=1, keepdim=True)
+        lp_t = (x.gather(1, index) - lse).squeeze(1)
+    else:
+        lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
+        lp_t = lp.gather(1, index).squeeze(1)
     nl, s, q = hard_target_terms(lp_t, gamma, detach_modulator)
     coef = class_coef[target] if class_coef is not None else None
     loss = nl.neg_() if coef is None else nl.mul_(coef).neg_()
@@ -268,10 +310,8 @@ def _hard_forward(
     if ignored is not None:
         s = s.masked_fill(ignored, 0.0)  # also keeps non-finite values of ignored positions out
     s = s.unsqueeze(1)
-    if torch.compiler.is_compiling():
-        # One fusable expression for inductor instead of an in-place scatter.
-        classes = torch.arange(lp.shape[1], device=lp.device).view((1, -1) + (1,) * (lp.dim() - 2))
-        return loss, torch.where(classes == index, q.unsqueeze(1), lp.exp()) * s
+    if compiling:  # the gradient is built in backward, where grad_output joins ``s``
+        return loss, HardGradParts(x, lse, index, q.unsqueeze(1), s)
     grad = lp.exp_().mul_(s)  # the log-softmax buffer becomes the gradient
     grad.scatter_(1, index, q.unsqueeze(1).mul_(s))
     return loss, grad

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._reference import softmax_focal_forward
+from ._reference import HardGradParts, softmax_focal_forward
 
 __all__ = ["focal_loss"]
 
@@ -156,28 +156,36 @@ def focal_loss(
 def _target_kind(input: Tensor, target: Tensor, unbatched: bool) -> bool:
     """True for probability targets, False for class indices; raises on anything else."""
     index_shape = input.shape[:1] + input.shape[2:]
-    shown_index = "()" if unbatched else str(tuple(index_shape))
-    shown_input = str(tuple(input.shape[1:] if unbatched else input.shape))
-    shown_target = str(tuple(target.shape[1:] if unbatched else target.shape))
     if target.shape == input.shape:
         if not target.is_floating_point():
+            shapes = _shown_shapes(input, target, unbatched)
             raise TypeError(
-                f"target: a target of the input's shape {shown_input} holds class probabilities "
+                f"target: a target of the input's shape {shapes[0]} holds class probabilities "
                 f"and must be floating point, got dtype {target.dtype} (for class indices pass "
-                f"shape {shown_index})"
+                f"shape {shapes[1]})"
             )
         return True
     if target.shape == index_shape:
         if not V.is_integer_tensor(target):
             raise TypeError(
-                f"target: class indices of shape {shown_index} must have an integer dtype "
-                f"(int64 or uint8), got dtype {target.dtype} (convert with target.long())"
+                f"target: class indices of shape {_shown_shapes(input, target, unbatched)[1]} "
+                f"must have an integer dtype (int64 or uint8), got dtype {target.dtype} "
+                f"(convert with target.long())"
             )
         return False
+    shown_input, shown_index, shown_target = _shown_shapes(input, target, unbatched)
     raise ValueError(
         f"target: expected class indices of shape {shown_index} or probabilities of shape "
         f"{shown_input} for input of shape {shown_input}, got shape {shown_target}"
     )
+
+
+def _shown_shapes(input: Tensor, target: Tensor, unbatched: bool) -> tuple[str, str, str]:
+    """The input, index-target and target shapes as the caller wrote them (for messages)."""
+    if unbatched:
+        return str(tuple(input.shape[1:])), "()", str(tuple(target.shape[1:]))
+    index = tuple(input.shape[:1] + input.shape[2:])
+    return str(tuple(input.shape)), str(index), str(tuple(target.shape))
 
 
 def _alpha_vector(
@@ -252,7 +260,7 @@ def _softmax_focal_loss(
     elif reduction == "mean":
         assert grad_scale is not None
         loss = loss.sum() * grad_scale
-    if grad is not None and grad.dtype != input.dtype:
+    if isinstance(grad, Tensor) and grad.dtype != input.dtype:
         grad = grad.to(input.dtype)
     return loss, grad
 
@@ -270,8 +278,9 @@ class _SoftmaxFocalLoss(torch.autograd.Function):
     In eager mode the gradient buffer is handed to autograd in the first backward (scaled in
     place, or untouched when ``grad_output`` is exactly 1), so no logits-sized tensor is
     allocated or copied there. A second backward through the same graph (``retain_graph``)
-    recomputes it from the saved inputs. Under ``torch.compile`` the plain form
-    ``saved_grad * grad_output`` is traced instead.
+    recomputes it from the saved inputs. Under ``torch.compile`` nothing is mutated: hard
+    targets save per-position parts and build the gradient in backward (one fused kernel with
+    the ``grad_output`` scaling), other targets save the gradient and scale it.
     """
 
     @staticmethod
@@ -279,7 +288,9 @@ class _SoftmaxFocalLoss(torch.autograd.Function):
         loss, grad = _softmax_focal_loss(input, target, *args, need_grad=True)
         ctx.per_position = args[-1] == "none"
         if torch.compiler.is_compiling():
-            ctx.save_for_backward(grad)
+            ctx.parts = isinstance(grad, HardGradParts)
+            ctx.input_dtype = input.dtype
+            ctx.save_for_backward(*(grad if ctx.parts else (grad,)))
         else:
             ctx.grad = grad
             ctx.args = args
@@ -292,9 +303,12 @@ class _SoftmaxFocalLoss(torch.autograd.Function):
             raise RuntimeError(_NO_DOUBLE_BACKWARD)
         nones = (None,) * 9
         if torch.compiler.is_compiling():
+            scale = grad_output.unsqueeze(1) if ctx.per_position else grad_output
+            if ctx.parts:
+                grad = HardGradParts(*ctx.saved_tensors).gradient(scale)
+                return (grad.to(ctx.input_dtype), *nones)
             (grad,) = ctx.saved_tensors
-            scale = grad_output.to(grad.dtype)
-            return (grad * (scale.unsqueeze(1) if ctx.per_position else scale), *nones)
+            return (grad * scale.to(grad.dtype), *nones)
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # retain_graph: a second backward through this node
             input, target, *saved = ctx.saved_tensors

@@ -16,7 +16,12 @@ __all__ = ["FocalLoss"]
 
 
 def _as_buffer(name: str, value: Sequence[float] | Tensor | None) -> Tensor | None:
-    """Per-class configuration as a 1-D float tensor (a buffer: it follows ``.to()``)."""
+    """Per-class configuration as a 1-D float tensor (a buffer: it follows ``.to()``).
+
+    A tensor keeps its floating dtype (integer tensors become float32); a sequence of Python
+    numbers becomes float64, so no factor is rounded before the loss converts it to the
+    computation's dtype.
+    """
     if value is None:
         return None
     if isinstance(value, Tensor):
@@ -24,7 +29,8 @@ def _as_buffer(name: str, value: Sequence[float] | Tensor | None) -> Tensor | No
         if not tensor.is_floating_point():
             tensor = tensor.float()
     elif isinstance(value, Sequence) and not isinstance(value, str):
-        tensor = torch.tensor([float(v) for v in value], dtype=torch.float32)
+        # Python numbers are kept exactly (float64); each call converts to its compute dtype.
+        tensor = torch.tensor([float(v) for v in value], dtype=torch.float64)
     else:
         raise TypeError(
             f"{name}: expected None, a sequence of per-class numbers or a 1-D tensor, "

@@ -1,0 +1,115 @@
+"""FocalLoss (the module) delegates to focal_loss and keeps the seed module's signature."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from refs import SeedFocalLoss, softmax_focal_ref
+
+from focalloss import FocalLoss, focal_loss
+
+
+def test_module_equals_function():
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    t = torch.randint(0, 4, (3, 5, 6))
+    t[0, 0] = 255
+    kw = dict(
+        gamma=1.5,
+        alpha=[0.1, 0.2, 0.3, 0.4],
+        ignore_index=255,
+        weight=[1.0, 2.0, 3.0, 4.0],
+        reduction="sum",
+        label_smoothing=0.05,
+    )
+    module = FocalLoss(**kw).double()
+    torch.testing.assert_close(module(x, t), focal_loss(x, t, **kw))
+    torch.testing.assert_close(module(x, t), softmax_focal_ref(x, t, **kw))
+
+
+def test_buffers_follow_to_and_appear_in_state_dict():
+    module = FocalLoss(alpha=[0.25, 0.75], weight=torch.tensor([1.0, 3.0]))
+    assert set(module.state_dict()) == {"alpha", "weight"}
+    assert {name for name, _ in module.named_buffers()} == {"alpha", "weight"}
+    assert module.alpha.dtype == torch.float64  # from Python numbers: exact
+    assert module.weight.dtype == torch.float32  # a tensor keeps its dtype
+    module = module.to(torch.float16)
+    assert module.alpha.dtype == torch.float16
+    assert module.weight.dtype == torch.float16
+    restored = FocalLoss(alpha=[0.0, 0.0], weight=[0.0, 0.0])
+    restored.load_state_dict(module.state_dict())
+    assert restored.weight.tolist() == [1.0, 3.0]
+    # The module keeps its own copy: changing the argument afterwards changes nothing.
+    w = torch.tensor([1.0, 2.0])
+    m2 = FocalLoss(weight=w)
+    w[0] = 100.0
+    assert m2.weight[0].item() == 1.0
+
+
+def test_scalar_alpha_is_an_attribute_not_a_buffer():
+    module = FocalLoss(gamma=2.0, alpha=0.25)
+    assert module.alpha == 0.25
+    assert "alpha" not in module.state_dict()
+    assert "alpha=0.25" in repr(module)
+
+
+def test_size_average_maps_to_reduction_with_deprecation_warning():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 1])
+    with pytest.warns(DeprecationWarning, match="size_average"):
+        summed = FocalLoss(2.0, None, False)
+    with pytest.warns(DeprecationWarning, match="size_average"):
+        averaged = FocalLoss(2.0, None, True)
+    assert summed.reduction == "sum" and averaged.reduction == "mean"
+    torch.testing.assert_close(summed(x, t), focal_loss(x, t, reduction="sum"))
+    torch.testing.assert_close(averaged(x, t), focal_loss(x, t, reduction="mean"))
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(gamma=-1.0), dict(reduction="avg"), dict(label_smoothing=2.0)]
+)
+def test_module_validates_at_construction(bad):
+    with pytest.raises(ValueError):
+        FocalLoss(**bad)
+
+
+def test_module_on_meta_device_shapes():
+    # The module works on any device its inputs live on; the buffers move with .to().
+    module = FocalLoss(weight=[1.0, 2.0, 3.0])
+    out = module(torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
+    assert out.shape == ()
+
+
+@pytest.mark.parametrize("gamma", [0, 0.5, 2, 5])
+@pytest.mark.parametrize("alpha", [None, 0.25, [0.2, 0.5, 0.3], 1])
+@pytest.mark.parametrize("size_average", [True, False])
+@pytest.mark.parametrize("ignore_index", [None, 255, 0])
+@pytest.mark.parametrize("shape", [(6, 3), (2, 3, 5, 4)], ids=str)
+def test_seed_compatibility(gamma, alpha, size_average, ignore_index, shape):
+    num_classes = shape[1]
+    if isinstance(alpha, (int, float)):
+        num_classes = 2  # the seed's scalar alpha only makes sense for two classes
+        shape = (shape[0], 2, *shape[2:])
+    if isinstance(alpha, list) and len(alpha) != num_classes:
+        return
+    g = torch.Generator().manual_seed(hash((gamma, str(alpha), size_average, ignore_index)) % 2**31)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    t = torch.randint(0, num_classes, shape[:1] + shape[2:], generator=g)
+    if ignore_index == 255:
+        t[torch.rand(t.shape, generator=g) < 0.2] = 255
+    if ignore_index == 0 and bool((t == 0).all()):
+        t[..., 0] = 1
+    seed = SeedFocalLoss(gamma, alpha, size_average, ignore_index)
+    with pytest.warns(DeprecationWarning):
+        ours = FocalLoss(gamma, alpha, size_average, ignore_index)
+    with pytest.warns(DeprecationWarning):
+        ours_detached = FocalLoss(gamma, alpha, size_average, ignore_index, detach_modulator=True)
+    xs, xo, xd = (x.clone().requires_grad_() for _ in range(3))
+    expected = seed(xs, t)
+    got = ours(xo, t)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    expected.backward()
+    ours_detached(xd, t).backward()
+    torch.testing.assert_close(xd.grad, xs.grad, rtol=1e-9, atol=1e-14)
+    if gamma == 0:
+        got.backward()
+        torch.testing.assert_close(xo.grad, xs.grad, rtol=1e-9, atol=1e-14)
