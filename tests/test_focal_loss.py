@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from refs import softmax_focal_ref
 
 from focalloss import focal_loss
+from refs import softmax_focal_ref
 
 SHAPES = [(5,), (4, 5), (3, 5, 7), (2, 5, 3, 4, 2)]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from refs import SeedFocalLoss, softmax_focal_ref
 
 from focalloss import FocalLoss, focal_loss
+from refs import SeedFocalLoss, softmax_focal_ref
 
 
 def test_module_equals_function():
