@@ -151,16 +151,15 @@ def softmax_focal_forward(
     grad = torch.empty_like(input, dtype=compute_dtype) if need_grad else None
     for xs in chunks:
         ps = xs if probabilities else xs[:1] + xs[2:]
-        part_loss, part_grad = _dense_forward(
+        part_loss, _ = _dense_forward(
             input[xs],
             target[ps],
             None if ignored is None else ignored[xs[:1] + xs[2:]],
             need_grad=need_grad,
+            out=None if grad is None else grad[xs],
             **options,
         )
         loss[xs[:1] + xs[2:]] = part_loss
-        if grad is not None:
-            grad[xs] = part_grad
     return loss, grad
 
 
@@ -197,13 +196,15 @@ def _dense_forward(
     detach_modulator: bool,
     compute_dtype: torch.dtype,
     need_grad: bool,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Probability targets, or smoothed class indices: ``k_c`` is non-zero for every class.
 
     Writes ``k = K_dense + onehot(t) * hard_k``, where ``K_dense = w*a*((1-eps)*target + eps/C)``
     for probabilities and ``w*a*eps/C`` for indices, whose target class adds
     ``hard_k = (1 - eps) * w_t * a_t``. With ``ng = -g`` (see the module docstring) the gradient
-    is ``p * sum_c ng - ng``. At most three logits-sized buffers live at once.
+    is ``p * sum_c ng - ng``; it is written into ``out`` when given. At most four buffers of the
+    input's size live at once (the caller passes cache-sized pieces).
     """
     num_classes, ndim = input.shape[1], input.dim()
     wa = None if class_coef is None else _class_view(class_coef, ndim)
@@ -220,10 +221,12 @@ def _dense_forward(
             dense_k.mul_(wa)
 
     with_r = gamma != 0.0 and need_grad and not detach_modulator
+    p = None
     if gamma != 0.0:
         km = torch.expm1(lp)  # p - 1, exact near p = 1
         if with_r:  # 1 - gamma * r, with -r = p * lp / (p - 1), 0 where it is 0/0 (see above)
-            c = lp.exp().mul_(lp).div_(km).nan_to_num_(nan=0.0).mul_(gamma).add_(1.0)
+            p = lp.exp()  # kept for the gradient
+            c = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(gamma).add_(1.0)
         km.neg_()
         if gamma != 1.0:
             km.pow_(gamma)
@@ -253,18 +256,29 @@ def _dense_forward(
     if not need_grad:
         return loss, None
 
-    # dL/dz = p * S - ng with S = sum_c ng (the hard part adds hard_ng at the target class).
+    # dL/dz = p * S - ng with S = sum_c ng (the hard part adds hard_ng at the target class),
+    # each position scaled by its share of the reduction (0 where ignored).
     total = ng.sum(1) if isinstance(ng, Tensor) else torch.tensor(ng * num_classes)
     if hard_ng is not None:
         total = hard_ng + total
-    grad = lp.exp_().mul_(total.unsqueeze(1) if total.dim() else total).sub_(ng)
+    scale = grad_scale
+    if ignored is not None:
+        scale = (~ignored).to(lp.dtype)
+        scale = scale if grad_scale is None else scale.mul_(grad_scale)
+    if scale is not None:
+        total = total * scale
+        class_scale = scale.unsqueeze(1) if scale.dim() else scale
+        if isinstance(ng, Tensor) and ng.shape == lp.shape:
+            ng = ng.mul_(class_scale)
+        else:
+            ng = ng * class_scale
+        if hard_ng is not None:
+            hard_ng = hard_ng * scale
+    p = lp.exp_() if p is None else p
+    p.mul_(total.unsqueeze(1) if total.dim() else total)
+    grad = torch.sub(p, ng, out=out) if out is not None else p.sub_(ng)
     if hard_ng is not None:
         grad.scatter_add_(1, index, hard_ng.neg().unsqueeze(1))
-    if ignored is not None:
-        scale = (~ignored).to(grad.dtype)
-        grad.mul_((scale if grad_scale is None else scale.mul_(grad_scale)).unsqueeze(1))
-    elif grad_scale is not None:
-        grad.mul_(grad_scale)
     return loss, grad
 
 
