@@ -62,7 +62,9 @@ def check_gamma(gamma: float) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, Real):
         raise TypeError(f"gamma: expected a real number >= 0, got {type(gamma).__name__}")
     gamma = float(gamma)
-    if not math.isfinite(gamma) or gamma < 0:
+    # Comparisons (not math.isfinite) also work on the symbolic floats of torch.compile;
+    # NaN fails both.
+    if not (gamma >= 0 and gamma < math.inf):
         raise ValueError(f"gamma: expected a finite number >= 0, got {gamma}")
     return gamma
 
