@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -328,4 +329,221 @@ def _hard_forward(
         return loss, HardGradParts(x, lse, index, q.unsqueeze(1), s)
     grad = lp.exp_().mul_(s)  # the log-softmax buffer becomes the gradient
     grad.scatter_(1, index, q.unsqueeze(1).mul_(s))
+    return loss, grad
+
+
+# --------------------------------------------------------------------------------------------
+# Sigmoid focal loss
+# --------------------------------------------------------------------------------------------
+#
+# Per element, with p = sigmoid(x), target t in [0, 1], pos_weight pw (1 when None):
+#
+#     ce   = pw * t * softplus(-x) + (1 - t) * softplus(x)        (BCE with logits)
+#     u    = 1 - p_t = t * (1 - p) + (1 - t) * p,    m = u ** gamma
+#     a_t  = alpha * t + (1 - alpha) * (1 - t)                    (1 when alpha is disabled)
+#     loss = w * a_t * m * ce
+#
+# With du/dx = p (1 - p) (1 - 2t) and dce/dx = (1 - t) p - pw t (1 - p):
+#
+#     dloss/dx = w * a_t * m * (gamma * rho * (1 - 2t) * ce + dce/dx),   rho = p (1 - p) / u
+#
+# The textbook form has u ** (gamma - 1), infinite at u -> 0 for gamma < 1 (torchvision's NaN
+# gradient). Here rho replaces it: p (1 - p) <= u for every t in [0, 1] (the difference is
+# (p - t)^2 + t (1 - t) >= 0), so rho lies in [0, 1]; where u = 0 also p (1 - p) = 0 and the
+# limit m * rho = 0 is used. 1 - p is sigmoid(-x), and both softplus terms are computed
+# directly, so nothing cancels for saturated logits. ``detach_modulator`` drops the
+# gamma * rho term.
+#
+# For class-index targets every element is a negative (t = 0: u = p, rho = 1 - p, ce =
+# softplus(x)) except one per position, the target class, which is a positive (t = 1: u = 1 - p,
+# rho = p, ce = pw * softplus(-x)). The negatives are computed over the logits, the positives
+# per position with a gather, and written over the negatives with a scatter: no one-hot target.
+
+
+class SigmoidOptions(NamedTuple):
+    alpha: Tensor | float | None  # scalar, or (1, C, 1, ...) per class; None: disabled
+    weight: Tensor | None  # expanded to the input's shape (a view)
+    pos_weight: Tensor | None  # expanded to the input's shape (a view)
+    gamma: float
+    detach_modulator: bool
+    compute_dtype: torch.dtype
+
+
+def sigmoid_focal_forward(
+    input: Tensor,
+    target: Tensor,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    options: SigmoidOptions,
+    *,
+    elementwise: bool,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Sigmoid focal loss: elementwise loss (or its sum) and the gradient of ``sum(scale * loss)``.
+
+    ``target`` is float of the input's shape, or int64 class indices of the input's shape
+    without dim 1 (value C = background; ignored positions already replaced by a valid value
+    and flagged in ``ignored``). Returns ``(loss, grad)``: the elementwise loss when
+    ``elementwise`` else its sum (0-d), and the gradient or None.
+    """
+    dtype = options.compute_dtype
+    index = target.dtype == torch.int64
+    chunks = _chunk_slices(input)
+    loss = input.new_empty(input.shape, dtype=dtype) if elementwise else None
+    grad = torch.empty_like(input, dtype=dtype) if need_grad else None
+    sums = []
+    for xs in chunks:
+        ts = xs[:1] + xs[2:] if index else xs
+        part = _sigmoid_chunk(
+            input[xs],
+            target[ts],
+            None if ignored is None else ignored[xs[:1] + xs[2:]],
+            grad_scale,
+            _slice_options(options, xs),
+            loss_out=None if loss is None else loss[xs],
+            grad_out=None if grad is None else grad[xs],
+        )
+        if part is not None:
+            sums.append(part)
+    if loss is None:
+        loss = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
+    return loss, grad
+
+
+def _slice_options(options: SigmoidOptions, xs: tuple[slice, ...]) -> SigmoidOptions:
+    """The options of one piece: per-element tensors are sliced, per-class ones broadcast."""
+    return options._replace(
+        weight=None if options.weight is None else options.weight[xs],
+        pos_weight=None if options.pos_weight is None else options.pos_weight[xs],
+    )
+
+
+def _sigmoid_chunk(
+    x: Tensor,
+    target: Tensor,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    opt: SigmoidOptions,
+    *,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+) -> Tensor | None:
+    """One cache-sized piece. Writes into ``loss_out``/``grad_out``; returns the loss sum
+    when ``loss_out`` is None."""
+    x = x.to(opt.compute_dtype)
+    if target.dtype == torch.int64:
+        loss, grad = _sigmoid_index_terms(x, target, opt, need_grad=grad_out is not None)
+    else:
+        loss, grad = _sigmoid_float_terms(x, target, opt, need_grad=grad_out is not None)
+    if ignored is not None:
+        mask = ignored.unsqueeze(1)
+        loss.masked_fill_(mask, 0.0)
+        if grad is not None:
+            grad.masked_fill_(mask, 0.0)
+    if grad is not None and grad_out is not None:
+        if grad_scale is not None:
+            torch.mul(grad, grad_scale, out=grad_out)
+        else:
+            grad_out.copy_(grad)
+    if loss_out is not None:
+        loss_out.copy_(loss)
+        return None
+    return loss.sum()
+
+
+def _alpha_factors(alpha: Tensor | float | None) -> tuple[Tensor | float, Tensor | float]:
+    """(factor of positives, factor of negatives): (alpha, 1 - alpha), or (1, 1)."""
+    if alpha is None:
+        return 1.0, 1.0
+    return alpha, 1.0 - alpha
+
+
+def _sigmoid_float_terms(
+    x: Tensor, t: Tensor, opt: SigmoidOptions, *, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    t = t.to(x.dtype)
+    gamma = opt.gamma
+    p = torch.sigmoid(x)
+    q = torch.sigmoid(x.neg())  # 1 - p, exact for saturated logits
+    t_neg = 1.0 - t
+    sp_pos = F.softplus(x.neg())  # -log p
+    if opt.pos_weight is not None:
+        sp_pos.mul_(opt.pos_weight)
+    ce = sp_pos.mul_(t).addcmul_(t_neg, F.softplus(x))
+    u = torch.mul(t_neg, p).addcmul_(t, q)  # 1 - p_t
+    pos_a, neg_a = _alpha_factors(opt.alpha)
+    coef = t * pos_a + t_neg * neg_a if opt.alpha is not None else None
+    if opt.weight is not None:
+        coef = opt.weight.to(x.dtype) if coef is None else coef.mul_(opt.weight)
+    m = None if gamma == 0.0 else (u.square() if gamma == 2.0 else u.pow(gamma))
+    wm = m if coef is None else (coef if m is None else m.mul_(coef))  # w * a_t * m
+    loss = ce if wm is None else ce * wm
+    if not need_grad:
+        return loss, None
+    # dce/dx = (1 - t) p - pw t (1 - p)
+    pw_t = t if opt.pos_weight is None else t * opt.pos_weight
+    dce = torch.mul(t_neg, p).sub_(pw_t * q)
+    if gamma != 0.0 and not opt.detach_modulator:
+        rho = torch.mul(p, q).div_(u).nan_to_num_(nan=0.0)  # 0/0 where u = 0: limit 0
+        dce.addcmul_(rho.mul_(t_neg - t).mul_(gamma), ce)
+    return loss, dce if wm is None else dce.mul_(wm)
+
+
+def _sigmoid_index_terms(
+    x: Tensor, target: Tensor, opt: SigmoidOptions, *, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    gamma = opt.gamma
+    num_classes = x.shape[1]
+    pos_a, neg_a = _alpha_factors(opt.alpha)
+    # Negatives (t = 0) everywhere: u = p, rho = 1 - p, ce = softplus(x), dce/dx = p.
+    p = torch.sigmoid(x)
+    ce = F.softplus(x)
+    wm = None if gamma == 0.0 else (p.square() if gamma == 2.0 else p.pow(gamma))
+    owned = wm is not None
+    for factor in (neg_a if opt.alpha is not None else None, opt.weight):
+        if factor is None:
+            continue
+        if owned:
+            wm.mul_(factor)
+        else:
+            wm, owned = (factor if wm is None else wm * factor), wm is not None
+    if wm is not None and not owned:
+        wm = torch.as_tensor(wm, dtype=x.dtype, device=x.device).expand_as(x)
+    loss = ce if wm is None else ce * wm
+    grad = None
+    if need_grad:
+        grad = p.clone() if gamma == 0.0 or opt.detach_modulator else None
+        if grad is None:
+            q = torch.sigmoid(x.neg())
+            grad = q.mul_(ce).mul_(gamma).add_(p)
+        if wm is not None:
+            grad.mul_(wm)
+
+    # Positives: the target class of each position (value C = background has none).
+    is_pos = target < num_classes
+    idx = target.clamp(max=num_classes - 1).unsqueeze(1)
+    x_t = x.gather(1, idx)
+    p_t, q_t = torch.sigmoid(x_t), torch.sigmoid(x_t.neg())
+    ce_t = F.softplus(x_t.neg())
+    pw_t = None if opt.pos_weight is None else opt.pos_weight.gather(1, idx).to(x.dtype)
+    if pw_t is not None:
+        ce_t = ce_t * pw_t
+    wm_t = None if gamma == 0.0 else (q_t.square() if gamma == 2.0 else q_t.pow(gamma))
+    if opt.alpha is not None:
+        a_t = pos_a.expand_as(x).gather(1, idx) if isinstance(pos_a, Tensor) else pos_a
+        wm_t = a_t if wm_t is None else wm_t * a_t
+    if opt.weight is not None:
+        w_t = opt.weight.gather(1, idx).to(x.dtype)
+        wm_t = w_t if wm_t is None else wm_t * w_t
+    pos = is_pos.unsqueeze(1)
+    loss_t = ce_t if wm_t is None else ce_t * wm_t
+    loss.scatter_(1, idx, torch.where(pos, loss_t, loss.gather(1, idx)))
+    if grad is None:
+        return loss, None
+    # dce/dx = -pw (1 - p); the modulator adds -gamma * p * ce (rho = p, 1 - 2t = -1).
+    grad_t = q_t if pw_t is None else q_t * pw_t
+    if gamma != 0.0 and not opt.detach_modulator:
+        grad_t = grad_t + gamma * p_t * ce_t
+    grad_t = grad_t.neg_() if wm_t is None else grad_t.mul_(wm_t).neg_()
+    grad.scatter_(1, idx, torch.where(pos, grad_t, grad.gather(1, idx)))
     return loss, grad

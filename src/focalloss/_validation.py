@@ -162,3 +162,61 @@ def check_class_range(
             f"target: class indices must lie in {allowed}{extra} for C={num_classes} classes, "
             f"got {first}"
         )
+
+
+def check_unit_range(name: str, target: Tensor) -> None:
+    """Float labels must lie in [0, 1] (a value check: one read of the tensor)."""
+    if not value_checks_enabled() or target.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(target))
+    if not (low >= 0.0 and high <= 1.0):  # NaN fails too
+        bad = low if not low >= 0.0 else high
+        raise ValueError(f"{name}: float labels must lie in [0, 1], got {bad}")
+
+
+def broadcast_weight(name: str, value: Tensor | None, input: Tensor) -> Tensor | None:
+    """A weight tensor broadcast to the input's shape as a view, as BCE-with-logits does."""
+    if value is None:
+        return None
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
+    check_same_device(name, value, input)
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    try:
+        shape = torch.broadcast_shapes(value.shape, input.shape)
+    except RuntimeError:
+        shape = None
+    if shape != input.shape:
+        raise ValueError(
+            f"{name}: expected a shape that broadcasts to the input's {tuple(input.shape)} "
+            f"(as in F.binary_cross_entropy_with_logits), got {tuple(value.shape)}"
+        )
+    if value_checks_enabled() and value.numel() > 0:
+        bad = ~(value >= 0) | ~torch.isfinite(value)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: expected finite values >= 0, got {value[bad][0].item()}")
+    return value.detach().expand(input.shape)
+
+
+def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dtype) -> Tensor:
+    """The divisor of a normalised mean: >= 0 and finite, clamped to at least 1."""
+    if isinstance(normalizer, Tensor):
+        check_same_device("normalizer", normalizer, input)
+        if normalizer.dim() != 0:
+            shape = tuple(normalizer.shape)
+            raise ValueError(f"normalizer: expected a number or a 0-d tensor, got shape {shape}")
+        value = normalizer.detach().to(dtype)
+        if value_checks_enabled():
+            number = value.item()
+            if not (number >= 0 and number < math.inf):
+                raise ValueError(f"normalizer: expected a finite number >= 0, got {number}")
+        return value.clamp(min=1.0)
+    if isinstance(normalizer, bool) or not isinstance(normalizer, Real):
+        raise TypeError(
+            f"normalizer: expected a number or a 0-d tensor, got {type(normalizer).__name__}"
+        )
+    number = float(normalizer)
+    if not (number >= 0 and number < math.inf):
+        raise ValueError(f"normalizer: expected a finite number >= 0, got {number}")
+    return torch.tensor(max(number, 1.0), dtype=dtype, device=input.device)

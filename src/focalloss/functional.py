@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._reference import HardGradParts, softmax_focal_forward
+from ._autograd import PER_ELEMENT, PER_POSITION, SCALAR, apply_loss
+from ._reference import SigmoidOptions, sigmoid_focal_forward, softmax_focal_forward
 
-__all__ = ["focal_loss"]
+__all__ = ["focal_loss", "sigmoid_focal_loss"]
 
 
 def focal_loss(
@@ -143,11 +144,20 @@ def focal_loss(
         assert divisor is not None
         grad_scale = divisor.reciprocal().nan_to_num_(posinf=0.0)  # 1/0 -> 0: the policy
 
-    args = (class_coef, ignored, grad_scale, gamma, label_smoothing, detach_modulator, reduction)
-    if torch.is_grad_enabled() and input.requires_grad:
-        loss = _SoftmaxFocalLoss.apply(input, target, *args)
-    else:
-        loss, _ = _softmax_focal_loss(input, target, *args, need_grad=False)
+    layout = PER_POSITION if reduction == "none" else SCALAR
+    loss = apply_loss(
+        _softmax_focal_loss,
+        layout,
+        input,
+        target,
+        class_coef,
+        ignored,
+        grad_scale,
+        gamma,
+        label_smoothing,
+        detach_modulator,
+        reduction,
+    )
     if unbatched and reduction == "none":
         loss = loss.squeeze(0)
     return loss
@@ -260,61 +270,221 @@ def _softmax_focal_loss(
     elif reduction == "mean":
         assert grad_scale is not None
         loss = loss.sum() * grad_scale
-    if isinstance(grad, Tensor) and grad.dtype != input.dtype:
+    if isinstance(grad, Tensor) and grad.dtype != input.dtype:  # (not for HardGradParts)
         grad = grad.to(input.dtype)
     return loss, grad
 
 
-_NO_DOUBLE_BACKWARD = (
-    "focalloss: double backward (create_graph=True through the loss) is not supported: the "
-    "gradient is computed in closed form, and differentiating it again is not implemented. "
-    "Compute the loss without create_graph, or use a plain-PyTorch composite for that term."
-)
+def sigmoid_focal_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float | Sequence[float] | Tensor | None = 0.25,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    normalizer: float | Tensor | None = None,
+    detach_modulator: bool = False,
+) -> Tensor:
+    r"""Sigmoid (binary, multi-label, RetinaNet) focal loss with a closed-form gradient.
 
+    Per element, with ``p = sigmoid(input)`` and target ``t`` in [0, 1]:
 
-class _SoftmaxFocalLoss(torch.autograd.Function):
-    """Loss and closed-form input gradient in one forward; backward only scales the gradient.
+    .. math::
 
-    In eager mode the gradient buffer is handed to autograd in the first backward (scaled in
-    place, or untouched when ``grad_output`` is exactly 1), so no logits-sized tensor is
-    allocated or copied there. A second backward through the same graph (``retain_graph``)
-    recomputes it from the saved inputs. Under ``torch.compile`` nothing is mutated: hard
-    targets save per-position parts and build the gradient in backward (one fused kernel with
-    the ``grad_output`` scaling), other targets save the gradient and scale it.
+        \mathrm{ce} = \mathrm{BCEWithLogits}(x, t; \mathrm{pos\_weight}),\quad
+        p_t = p t + (1 - p)(1 - t),\quad a_t = \alpha t + (1 - \alpha)(1 - t),
+
+        \ell = w \cdot a_t\, (1 - p_t)^\gamma\, \mathrm{ce}.
+
+    With ``weight=None`` and ``pos_weight=None`` this equals
+    ``torchvision.ops.sigmoid_focal_loss`` elementwise (soft targets included; torchvision's
+    default reduction is ``"none"``, this one's ``"mean"``). With ``gamma=0`` and
+    ``alpha=None`` it equals ``F.binary_cross_entropy_with_logits`` (values and gradients).
+
+    Targets:
+
+    * floating, the input's shape: binary or soft labels in [0, 1] (checked when value checks
+      are on: one read of the target).
+    * integer class indices of the input's shape without dim 1 (``(N,)`` for ``(N, C)``
+      logits, ``(N, d1, ...)`` for ``(N, C, d1, ...)``), values in ``[0, C]``: class ``c``
+      makes output ``c`` the only positive of that position, ``C`` means background (all ``C``
+      outputs negative), ``ignore_index`` drops the position. Equal to the float one-hot version
+      with ignored positions removed, but no one-hot tensor is built.
+
+    Reductions: ``"none"`` returns the elementwise loss (input's shape, 0 at ignored
+    positions); ``"sum"``; ``"mean"`` divides the sum by the number of non-ignored elements, or
+    by ``normalizer`` when given (e.g. the number of positive anchors; values below 1 count as
+    1, as RetinaNet does, so an image without objects is not blown up). A divisor of 0 (empty or
+    all-ignored input) gives 0 with zero gradients.
+
+    The gradient is exact and finite for every ``gamma >= 0`` and logits up to ``+-1e4`` in
+    float32/float16/bfloat16 (torchvision's is NaN for ``0 < gamma < 1`` once logits saturate).
+    Half inputs are computed in float32; the loss is float32, the gradient the input's dtype.
+
+    Args:
+        input: logits of any shape: ``(N, C, *)`` per-class outputs, or ``(N,)``/``(N, *)``
+            for a single binary output.
+        target: float labels of the input's shape, or integer class indices (see above).
+        gamma: focusing parameter ``>= 0``. Default: 2.
+        alpha: weight of positives in [0, 1] (negatives get ``1 - alpha``); a negative number
+            or None disables it (torchvision's convention for ``-1``); or ``C`` per-class values
+            in [0, 1] applied along dim 1. Default: 0.25.
+        weight: elementwise rescaling, broadcast to the input as in
+            ``F.binary_cross_entropy_with_logits``. Default: None.
+        pos_weight: weight of the positive term of the cross-entropy, broadcast as in
+            ``F.binary_cross_entropy_with_logits`` (a ``(C,)`` tensor lines up with the *last*
+            dimension). Default: None.
+        ignore_index: with class-index targets, the value that marks ignored positions.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``. Default: ``"mean"``.
+        normalizer: divisor for ``"mean"`` (a number or 0-d tensor >= 0, clamped to >= 1);
+            an error with other reductions.
+        detach_modulator: treat ``(1 - p_t)^gamma`` as a constant in the backward pass.
+
+    Returns:
+        A 0-d tensor, or the elementwise loss for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from focalloss import sigmoid_focal_loss
+        >>> logits = torch.tensor([[3.0, -2.0], [0.5, 1.0]])
+        >>> labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> sigmoid_focal_loss(logits, labels, reduction="sum")
+        tensor(0.2901)
+        >>> classes = torch.tensor([0, 1])  # the same labels as class indices
+        >>> sigmoid_focal_loss(logits, classes, reduction="sum")
+        tensor(0.2901)
     """
+    V.check_tensor("input", input)
+    V.check_tensor("target", target)
+    V.check_reduction(reduction)
+    gamma = V.check_gamma(gamma)
+    V.check_ignore_index(ignore_index)
+    if not isinstance(detach_modulator, bool):
+        raise TypeError(f"detach_modulator: expected a bool, got {detach_modulator!r}")
+    if not input.is_floating_point():
+        raise TypeError(f"input: expected floating-point logits, got dtype {input.dtype}")
+    V.check_same_device("target", target, input)
+    if normalizer is not None and reduction != "mean":
+        raise ValueError(
+            f"normalizer: replaces the divisor of reduction='mean'; it cannot be used with "
+            f"reduction={reduction!r} (got normalizer={normalizer!r})"
+        )
 
-    @staticmethod
-    def forward(ctx, input, target, *args):  # type: ignore[override]
-        loss, grad = _softmax_focal_loss(input, target, *args, need_grad=True)
-        ctx.per_position = args[-1] == "none"
-        if torch.compiler.is_compiling():
-            ctx.parts = isinstance(grad, HardGradParts)
-            ctx.input_dtype = input.dtype
-            ctx.save_for_backward(*(grad if ctx.parts else (grad,)))
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    index = _sigmoid_target_kind(input, target)
+    num_classes = input.shape[1] if index else None
+    if not index and ignore_index is not None:
+        raise ValueError(
+            f"ignore_index: only applies to class-index targets; with float targets drop the "
+            f"elements or give them weight 0 (got ignore_index={ignore_index})"
+        )
+    ignored = None
+    if index:
+        assert num_classes is not None
+        target = target.long()
+        if ignore_index is not None:
+            ignored = target == ignore_index
+            target = target.masked_fill(ignored, num_classes)  # background; masked anyway
+        V.check_class_range(target, num_classes, ignore_index, num_classes + 1)
+        count = target.numel() * num_classes
+        if ignored is not None:
+            divisor = (count - ignored.sum(dtype=compute_dtype) * num_classes).to(compute_dtype)
         else:
-            ctx.grad = grad
-            ctx.args = args
-            ctx.save_for_backward(input, target, *(a for a in args[:3]))
-        return loss
+            divisor = torch.tensor(float(count), dtype=compute_dtype, device=input.device)
+    else:
+        V.check_unit_range("target", target)
+        divisor = torch.tensor(float(target.numel()), dtype=compute_dtype, device=input.device)
 
-    @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
-        if torch.is_grad_enabled():
-            raise RuntimeError(_NO_DOUBLE_BACKWARD)
-        nones = (None,) * 9
-        if torch.compiler.is_compiling():
-            scale = grad_output.unsqueeze(1) if ctx.per_position else grad_output
-            if ctx.parts:
-                grad = HardGradParts(*ctx.saved_tensors).gradient(scale)
-                return (grad.to(ctx.input_dtype), *nones)
-            (grad,) = ctx.saved_tensors
-            return (grad * scale.to(grad.dtype), *nones)
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:  # retain_graph: a second backward through this node
-            input, target, *saved = ctx.saved_tensors
-            _, grad = _softmax_focal_loss(input, target, *saved, *ctx.args[3:], need_grad=True)
-        if ctx.per_position:
-            grad.mul_(grad_output.to(grad.dtype).unsqueeze(1))
-        elif not (grad_output.device.type == "cpu" and grad_output.item() == 1.0):
-            grad.mul_(grad_output.to(grad.dtype))
-        return (grad, *nones)
+    options = SigmoidOptions(
+        alpha=_sigmoid_alpha(alpha, input, compute_dtype),
+        weight=V.broadcast_weight("weight", weight, input),
+        pos_weight=V.broadcast_weight("pos_weight", pos_weight, input),
+        gamma=gamma,
+        detach_modulator=detach_modulator,
+        compute_dtype=compute_dtype,
+    )
+    grad_scale = None
+    if reduction == "mean":
+        if normalizer is not None:
+            divisor = V.check_normalizer(normalizer, input, compute_dtype)
+        grad_scale = divisor.reciprocal().nan_to_num_(posinf=0.0)  # 1/0 -> 0: the policy
+    layout = PER_ELEMENT if reduction == "none" else SCALAR
+    return apply_loss(
+        _sigmoid_focal_loss, layout, input, target, ignored, grad_scale, options, reduction
+    )
+
+
+def _sigmoid_target_kind(input: Tensor, target: Tensor) -> bool:
+    """True for class indices, False for float labels; raises on anything else."""
+    if target.shape == input.shape:
+        if not target.is_floating_point():
+            raise TypeError(
+                f"target: labels of the input's shape {tuple(input.shape)} must be floating "
+                f"point (binary or soft labels in [0, 1]), got dtype {target.dtype} (convert "
+                f"with target.float(); class indices have shape input.shape without dim 1)"
+            )
+        return False
+    if input.dim() >= 2 and target.shape == input.shape[:1] + input.shape[2:]:
+        if not V.is_integer_tensor(target):
+            raise TypeError(
+                f"target: class indices of shape {tuple(target.shape)} must have an integer "
+                f"dtype, got dtype {target.dtype}"
+            )
+        return True
+    index_shape = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else None
+    also = f" or class indices of shape {index_shape}" if index_shape is not None else ""
+    raise ValueError(
+        f"target: expected labels of shape {tuple(input.shape)}{also} for input of shape "
+        f"{tuple(input.shape)}, got shape {tuple(target.shape)}"
+    )
+
+
+def _sigmoid_alpha(
+    alpha: float | Sequence[float] | Tensor | None, input: Tensor, dtype: torch.dtype
+) -> Tensor | float | None:
+    if alpha is None:
+        return None
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        alpha = float(alpha)
+        if alpha < 0:  # torchvision's convention: a negative alpha disables the factor
+            return None
+        return V.check_unit_interval("alpha", alpha)
+    if input.dim() < 2:
+        raise ValueError(
+            f"alpha: per-class factors need (N, C, ...) logits, got input of shape "
+            f"{tuple(input.shape)}; pass a single number"
+        )
+    vector = V.class_vector("alpha", alpha, input.shape[1], input, dtype)
+    if V.value_checks_enabled() and bool((vector > 1).any()):
+        raise ValueError(f"alpha: per-class factors must lie in [0, 1], got {vector.max().item()}")
+    return vector.view((1, -1) + (1,) * (input.dim() - 2))
+
+
+def _sigmoid_focal_loss(
+    input: Tensor,
+    target: Tensor,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    options: SigmoidOptions,
+    reduction: str,
+    *,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    loss, grad = sigmoid_focal_forward(
+        input,
+        target,
+        ignored,
+        grad_scale,
+        options,
+        elementwise=reduction == "none",
+        need_grad=need_grad,
+    )
+    if reduction == "mean":
+        assert grad_scale is not None
+        loss = loss * grad_scale
+    if grad is not None and grad.dtype != input.dtype:
+        grad = grad.to(input.dtype)
+    return loss, grad

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from . import _validation as V
-from .functional import focal_loss
+from .functional import focal_loss, sigmoid_focal_loss
 
-__all__ = ["FocalLoss"]
+__all__ = ["FocalLoss", "SigmoidFocalLoss"]
 
 
 def _as_buffer(name: str, value: Sequence[float] | Tensor | None) -> Tensor | None:
@@ -147,6 +147,93 @@ class FocalLoss(nn.Module):
         parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
         if self.label_smoothing:
             parts.append(f"label_smoothing={self.label_smoothing}")
+        if self.detach_modulator:
+            parts.append("detach_modulator=True")
+        return ", ".join(parts)
+
+
+class SigmoidFocalLoss(nn.Module):
+    r"""Sigmoid focal loss as a module; see :func:`focalloss.sigmoid_focal_loss` for the math.
+
+    Per-class ``alpha``, ``weight`` and ``pos_weight`` tensors are buffers (they follow
+    ``.to()`` and are saved in ``state_dict``). ``normalizer`` can be fixed here or given per
+    call (``criterion(logits, target, normalizer=num_positives)``), which is how detectors use
+    it.
+
+    Example:
+        >>> import torch
+        >>> from focalloss import SigmoidFocalLoss
+        >>> criterion = SigmoidFocalLoss(gamma=2.0, alpha=0.25, ignore_index=-1)
+        >>> logits = torch.zeros(6, 3, requires_grad=True)  # 6 anchors, 3 classes
+        >>> target = torch.tensor([0, 3, 3, 2, -1, 3])      # 3 = background, -1 = ignored
+        >>> loss = criterion(logits, target, normalizer=2)  # 2 positive anchors
+        >>> loss.backward()
+        >>> round(loss.item(), 4)
+        0.8881
+    """
+
+    alpha: Tensor | float | None
+    weight: Tensor | None
+    pos_weight: Tensor | None
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: float | Sequence[float] | Tensor | None = 0.25,
+        weight: Tensor | None = None,
+        pos_weight: Tensor | None = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+        normalizer: float | Tensor | None = None,
+        detach_modulator: bool = False,
+    ) -> None:
+        super().__init__()
+        V.check_reduction(reduction)
+        self.gamma = V.check_gamma(gamma)
+        V.check_ignore_index(ignore_index)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        if normalizer is not None and reduction != "mean":
+            raise ValueError(
+                f"normalizer: replaces the divisor of reduction='mean'; it cannot be used with "
+                f"reduction={reduction!r}"
+            )
+        self.normalizer = normalizer
+        if not isinstance(detach_modulator, bool):
+            raise TypeError(f"detach_modulator: expected a bool, got {detach_modulator!r}")
+        self.detach_modulator = detach_modulator
+        if alpha is None or (isinstance(alpha, Real) and not isinstance(alpha, bool)):
+            if alpha is not None and float(alpha) >= 0:
+                V.check_unit_interval("alpha", alpha)
+            self.alpha = None if alpha is None else float(alpha)
+        else:
+            self.register_buffer("alpha", _as_buffer("alpha", alpha))
+        for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
+            self.register_buffer(name, None if value is None else value.detach().clone())
+
+    def forward(
+        self, input: Tensor, target: Tensor, normalizer: float | Tensor | None = None
+    ) -> Tensor:
+        return sigmoid_focal_loss(
+            input,
+            target,
+            gamma=self.gamma,
+            alpha=self.alpha,
+            weight=self.weight,
+            pos_weight=self.pos_weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            normalizer=self.normalizer if normalizer is None else normalizer,
+            detach_modulator=self.detach_modulator,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"gamma={self.gamma}"]
+        if not isinstance(self.alpha, Tensor):
+            parts.append(f"alpha={self.alpha}")
+        parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
         if self.detach_modulator:
             parts.append("detach_modulator=True")
         return ", ".join(parts)
