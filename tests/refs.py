@@ -99,3 +99,39 @@ class SeedFocalLoss(nn.Module):
             log_pt = log_pt * self.alpha.to(x)[t]
         loss = -((1 - pt) ** self.gamma) * log_pt
         return loss.mean() if self.size_average else loss.sum()
+
+
+def sigmoid_focal_ref(
+    x: Tensor,
+    t: Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha=0.25,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    reduction: str = "none",
+) -> Tensor:
+    """torchvision's formula in float64 (plus weight and pos_weight as in BCE-with-logits)."""
+    x, t = x.double(), t.double()
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(
+        x, t, pos_weight=None if pos_weight is None else pos_weight.double(), reduction="none"
+    )
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha is not None:
+        a = torch.as_tensor(alpha, dtype=torch.float64)
+        if a.dim() == 1:
+            a = a.view((1, -1) + (1,) * (x.dim() - 2))
+        if a.dim() > 0 or a.item() >= 0:
+            loss = (a * t + (1 - a) * (1 - t)) * loss
+    if weight is not None:
+        loss = loss * weight.double()
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def one_hot_with_background(target: Tensor, num_classes: int) -> Tensor:
+    """(N, *) indices in [0, C] -> (N, C, *) float64 labels; C is the all-negative background."""
+    return F.one_hot(target, num_classes + 1)[..., :num_classes].movedim(-1, 1).double()
