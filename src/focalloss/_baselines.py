@@ -32,3 +32,22 @@ def seed_style_focal_loss(
     if alpha is not None:
         log_pt = log_pt * alpha.to(input).gather(0, target.view(-1))
     return (-((1 - pt) ** gamma) * log_pt).mean()
+
+
+def torchvision_style_sigmoid_focal_loss(
+    input: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """torchvision.ops.sigmoid_focal_loss's formula as a plain autograd composite, "mean"."""
+    p = torch.sigmoid(input)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(input, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss.mean()
+
+
+def one_hot_background(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """(N, *) indices in [0, C] -> (N, C, *) labels, C = background: what index targets avoid."""
+    onehot = torch.nn.functional.one_hot(index, num_classes + 1)[..., :num_classes]
+    return onehot.movedim(-1, 1).to(dtype)

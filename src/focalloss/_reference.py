@@ -386,27 +386,35 @@ def sigmoid_focal_forward(
     and flagged in ``ignored``). Returns ``(loss, grad)``: the elementwise loss when
     ``elementwise`` else its sum (0-d), and the gradient or None.
     """
-    dtype = options.compute_dtype
     index = target.dtype == torch.int64
     chunks = _chunk_slices(input)
+    if len(chunks) == 1:
+        loss, grad = _sigmoid_chunk(input, target, ignored, grad_scale, options, need_grad)
+        return (loss if elementwise else loss.sum()), grad
+    # Elementwise work over cache-sized pieces: only the gradient (and the elementwise loss for
+    # reduction="none") is a logits-sized buffer.
+    dtype = options.compute_dtype
     loss = input.new_empty(input.shape, dtype=dtype) if elementwise else None
     grad = torch.empty_like(input, dtype=dtype) if need_grad else None
     sums = []
     for xs in chunks:
         ts = xs[:1] + xs[2:] if index else xs
-        part = _sigmoid_chunk(
+        part_loss, part_grad = _sigmoid_chunk(
             input[xs],
             target[ts],
             None if ignored is None else ignored[xs[:1] + xs[2:]],
             grad_scale,
             _slice_options(options, xs),
-            loss_out=None if loss is None else loss[xs],
-            grad_out=None if grad is None else grad[xs],
+            need_grad,
         )
-        if part is not None:
-            sums.append(part)
+        if loss is not None:
+            loss[xs] = part_loss
+        else:
+            sums.append(part_loss.sum())
+        if grad is not None:
+            grad[xs] = part_grad
     if loss is None:
-        loss = torch.stack(sums).sum() if len(sums) > 1 else sums[0]
+        loss = torch.stack(sums).sum()
     return loss, grad
 
 
@@ -424,31 +432,43 @@ def _sigmoid_chunk(
     ignored: Tensor | None,
     grad_scale: Tensor | None,
     opt: SigmoidOptions,
-    *,
-    loss_out: Tensor | None,
-    grad_out: Tensor | None,
-) -> Tensor | None:
-    """One cache-sized piece. Writes into ``loss_out``/``grad_out``; returns the loss sum
-    when ``loss_out`` is None."""
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Elementwise loss and scaled gradient of one piece (0 at ignored positions)."""
     x = x.to(opt.compute_dtype)
     if target.dtype == torch.int64:
-        loss, grad = _sigmoid_index_terms(x, target, opt, need_grad=grad_out is not None)
+        loss, grad = _sigmoid_index_terms(x, target, opt, need_grad=need_grad)
     else:
-        loss, grad = _sigmoid_float_terms(x, target, opt, need_grad=grad_out is not None)
+        loss, grad = _sigmoid_float_terms(x, target, opt, need_grad=need_grad)
     if ignored is not None:
         mask = ignored.unsqueeze(1)
-        loss.masked_fill_(mask, 0.0)
+        loss = loss.masked_fill(mask, 0.0)
         if grad is not None:
-            grad.masked_fill_(mask, 0.0)
-    if grad is not None and grad_out is not None:
-        if grad_scale is not None:
-            torch.mul(grad, grad_scale, out=grad_out)
-        else:
-            grad_out.copy_(grad)
-    if loss_out is not None:
-        loss_out.copy_(loss)
-        return None
-    return loss.sum()
+            grad = grad.masked_fill(mask, 0.0)
+    if grad is not None and grad_scale is not None:
+        grad = grad * grad_scale
+    return loss, grad
+
+
+def _logistic(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(p, 1 - p, softplus(-x), softplus(x))`` with ``p = sigmoid(x)``, from one ``exp`` and
+    one ``log1p``: with ``e = exp(-|x|)`` (never overflows), ``softplus(+-x) = relu(+-x) +
+    log1p(e)`` and ``sigmoid(|x|) = 1 / (1 + e)``, ``sigmoid(-|x|) = e / (1 + e)``. Each value
+    is computed directly (no ``1 - p``), so all four stay exact for saturated logits.
+
+    That form is for inductor, which fuses it into one kernel; eager PyTorch runs fewer, fused
+    kernels with ``sigmoid`` and ``softplus`` (the same values)."""
+    if not torch.compiler.is_compiling():
+        neg = x.neg()
+        return torch.sigmoid(x), torch.sigmoid(neg), F.softplus(neg), F.softplus(x)
+    e = torch.exp(-x.abs())
+    log_term = torch.log1p(e)
+    big = torch.reciprocal(1.0 + e)  # sigmoid(|x|)
+    small = e * big  # sigmoid(-|x|)
+    positive = x >= 0
+    p = torch.where(positive, big, small)
+    q = torch.where(positive, small, big)
+    return p, q, torch.relu(-x) + log_term, torch.relu(x) + log_term
 
 
 def _alpha_factors(alpha: Tensor | float | None) -> tuple[Tensor | float, Tensor | float]:
@@ -463,13 +483,11 @@ def _sigmoid_float_terms(
 ) -> tuple[Tensor, Tensor | None]:
     t = t.to(x.dtype)
     gamma = opt.gamma
-    p = torch.sigmoid(x)
-    q = torch.sigmoid(x.neg())  # 1 - p, exact for saturated logits
+    p, q, sp_pos, sp_neg = _logistic(x)  # q = 1 - p, sp_pos = -log p, sp_neg = -log(1 - p)
     t_neg = 1.0 - t
-    sp_pos = F.softplus(x.neg())  # -log p
     if opt.pos_weight is not None:
         sp_pos.mul_(opt.pos_weight)
-    ce = sp_pos.mul_(t).addcmul_(t_neg, F.softplus(x))
+    ce = sp_pos.mul_(t).addcmul_(t_neg, sp_neg)
     u = torch.mul(t_neg, p).addcmul_(t, q)  # 1 - p_t
     pos_a, neg_a = _alpha_factors(opt.alpha)
     coef = t * pos_a + t_neg * neg_a if opt.alpha is not None else None
@@ -496,8 +514,7 @@ def _sigmoid_index_terms(
     num_classes = x.shape[1]
     pos_a, neg_a = _alpha_factors(opt.alpha)
     # Negatives (t = 0) everywhere: u = p, rho = 1 - p, ce = softplus(x), dce/dx = p.
-    p = torch.sigmoid(x)
-    ce = F.softplus(x)
+    p, q, _, ce = _logistic(x)
     wm = None if gamma == 0.0 else (p.square() if gamma == 2.0 else p.pow(gamma))
     owned = wm is not None
     for factor in (neg_a if opt.alpha is not None else None, opt.weight):
@@ -514,7 +531,6 @@ def _sigmoid_index_terms(
     if need_grad:
         grad = p.clone() if gamma == 0.0 or opt.detach_modulator else None
         if grad is None:
-            q = torch.sigmoid(x.neg())
             grad = q.mul_(ce).mul_(gamma).add_(p)
         if wm is not None:
             grad.mul_(wm)
@@ -523,8 +539,7 @@ def _sigmoid_index_terms(
     is_pos = target < num_classes
     idx = target.clamp(max=num_classes - 1).unsqueeze(1)
     x_t = x.gather(1, idx)
-    p_t, q_t = torch.sigmoid(x_t), torch.sigmoid(x_t.neg())
-    ce_t = F.softplus(x_t.neg())
+    p_t, q_t, ce_t, _ = _logistic(x_t)
     pw_t = None if opt.pos_weight is None else opt.pos_weight.gather(1, idx).to(x.dtype)
     if pw_t is not None:
         ce_t = ce_t * pw_t

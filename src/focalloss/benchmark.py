@@ -25,10 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._baselines import seed_style_focal_loss
-from .functional import focal_loss
+from ._baselines import (
+    one_hot_background,
+    seed_style_focal_loss,
+    torchvision_style_sigmoid_focal_loss,
+)
+from .functional import focal_loss, sigmoid_focal_loss
 
 DEFAULT_SOFTMAX_SHAPES = [(8, 19, 256, 256), (64, 1000), (2, 5, 64, 64, 64)]
+DEFAULT_SIGMOID_SHAPES = [(2, 80, 100, 100), (200000, 80)]
 
 
 @dataclass
@@ -209,6 +214,64 @@ def softmax_cases(
     return cases
 
 
+def sigmoid_cases(
+    shapes: list[tuple[int, ...]],
+    device: torch.device,
+    dtype: torch.dtype,
+    compile: bool,
+    seed: int = 0,
+    positive_fraction: float = 0.01,
+) -> list[Case]:
+    """Detector-like targets: 1% of positions carry one object class, the rest background."""
+    cases = []
+    for shape in shapes:
+        num_classes = shape[1]
+        index_shape = shape[:1] + shape[2:]
+        labels: dict[str, Tensor] = {}
+
+        def make(
+            kind, shape=shape, index_shape=index_shape, num_classes=num_classes, labels=labels
+        ):
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(shape, generator=g).to(device, dtype)
+            index = torch.randint(0, num_classes, index_shape, generator=g)
+            index[torch.rand(index_shape, generator=g) >= positive_fraction] = num_classes
+            labels["float"] = one_hot_background(index, num_classes, dtype).to(device)
+            return x, (labels["float"] if kind == "float" else index.to(device))
+
+        elem = torch.finfo(dtype).bits // 8
+        logits = math.prod(shape)
+        label = "x".join(map(str, shape))
+        for kind in ("float", "index"):
+            # The baselines always get the float labels, built outside the timed step.
+            impls: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+                "F.bce_with_logits": lambda x, t, labels=labels: F.binary_cross_entropy_with_logits(
+                    x, labels["float"]
+                ),
+                "sigmoid_focal_loss": lambda x, t: sigmoid_focal_loss(x, t),
+                "torchvision-style": lambda x, t, labels=labels: (
+                    torchvision_style_sigmoid_focal_loss(x, labels["float"])
+                ),
+            }
+            if compile:
+                impls["sigmoid_focal_loss compiled"] = torch.compile(
+                    lambda x, t: sigmoid_focal_loss(x, t), fullgraph=True
+                )
+            nbytes = (3 if kind == "float" else 2) * logits * elem
+            if kind == "index":
+                nbytes += logits // num_classes * 8
+            cases.append(
+                Case(
+                    f"sigmoid {label} {kind}",
+                    lambda kind=kind, make=make: make(kind),
+                    impls,
+                    "F.bce_with_logits",
+                    nbytes,
+                )
+            )
+    return cases
+
+
 def machine_description(device: torch.device) -> dict[str, object]:
     info: dict[str, object] = {
         "platform": platform.platform(),
@@ -240,7 +303,7 @@ def machine_description(device: torch.device) -> dict[str, object]:
 
 def format_table(results: list[Result]) -> str:
     header = (
-        f"{'case':<34} {'implementation':<20} {'fwd+bwd ms':>10} {'ratio':>6} "
+        f"{'case':<34} {'implementation':<28} {'fwd+bwd ms':>10} {'ratio':>6} "
         f"{'fwd ms':>8} {'ratio':>6} {'peak MB':>8} {'ratio':>6} {'GB/s':>6}"
     )
     lines = [header, "-" * len(header)]
@@ -249,7 +312,7 @@ def format_table(results: list[Result]) -> str:
         case = r.case if r.case != previous else ""
         previous = r.case
         lines.append(
-            f"{case:<34} {r.impl:<20} {r.fwd_bwd_ms:>10.2f} {r.ratio_fwd_bwd:>5.2f}x "
+            f"{case:<34} {r.impl:<28} {r.fwd_bwd_ms:>10.2f} {r.ratio_fwd_bwd:>5.2f}x "
             f"{r.fwd_ms:>8.2f} {r.ratio_fwd:>5.2f}x {r.peak_mb:>8.1f} {r.ratio_peak:>5.2f}x "
             f"{r.gbps:>6.1f}"
         )
@@ -261,6 +324,8 @@ def run(
     device: str = "cpu",
     dtype: str = "float32",
     shapes: list[tuple[int, ...]] | None = None,
+    sigmoid_shapes: list[tuple[int, ...]] | None = None,
+    losses: str = "all",
     rounds: int = 9,
     warmup: int = 2,
     threads: int | None = 2,
@@ -268,7 +333,7 @@ def run(
     json_path: str | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> list[Result]:
-    """Run the softmax benchmark and print its table; returns the results."""
+    """Run the benchmark (``losses``: "softmax", "sigmoid" or "all"), print its table."""
     if rounds < 1:
         raise ValueError(f"rounds: expected >= 1, got {rounds}")
     dev = torch.device(device)
@@ -285,8 +350,17 @@ def run(
         f"torch {machine['torch']}, {machine['threads']} threads, {dtype}; "
         f"median of {rounds} interleaved rounds"
     )
+    if losses not in ("softmax", "sigmoid", "all"):
+        raise ValueError(f"losses: expected 'softmax', 'sigmoid' or 'all', got {losses!r}")
+    cases: list[Case] = []
+    if losses in ("softmax", "all"):
+        cases += softmax_cases(shapes or DEFAULT_SOFTMAX_SHAPES, dev, torch_dtype, compile)
+    if losses in ("sigmoid", "all"):
+        cases += sigmoid_cases(
+            sigmoid_shapes or shapes or DEFAULT_SIGMOID_SHAPES, dev, torch_dtype, compile
+        )
     results: list[Result] = []
-    for case in softmax_cases(shapes or DEFAULT_SOFTMAX_SHAPES, dev, torch_dtype, compile):
+    for case in cases:
         results += run_case(case, dev, rounds, warmup)
     print_fn(format_table(results))
     if json_path:

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--shape", type=_shape, action="append", help="logits shape N,C[,d1,...]; repeatable"
     )
+    bench.add_argument(
+        "--loss", default="all", choices=["softmax", "sigmoid", "all"], help="which losses"
+    )
     bench.add_argument("--rounds", type=int, default=9, help="timed rounds (median reported)")
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
@@ -47,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             dtype=args.dtype,
             shapes=args.shape,
+            losses=args.loss,
             rounds=args.rounds,
             warmup=args.warmup,
             threads=args.threads,
