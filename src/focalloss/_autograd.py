@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from . import _triton
+
 NO_DOUBLE_BACKWARD = (
     "focalloss: double backward (create_graph=True through the loss) is not supported: the "
     "gradient is computed in closed form, and differentiating it again is not implemented. "
@@ -70,7 +72,15 @@ class ClosedFormLoss(torch.autograd.Function):
             it = iter(tensors)
             args = [next(it) if c is _SAVED else c for c in ctx.constants]
             _, grad = ctx.compute(input, *args, need_grad=True)
-        if ctx.layout != SCALAR:
+        kernels = _triton.loaded()
+        if (
+            kernels is not None
+            and getattr(ctx.compute, "scale_in_kernel", False)
+            and ctx.layout != PER_ELEMENT
+            and grad.dtype != torch.float64
+        ):
+            kernels.scale_grad_(grad, grad_output, per_position=ctx.layout == PER_POSITION)
+        elif ctx.layout != SCALAR:
             grad.mul_(scale.to(grad.dtype))
         elif not (grad_output.device.type == "cpu" and grad_output.item() == 1.0):
             grad.mul_(grad_output.to(grad.dtype))

@@ -259,7 +259,7 @@ def _dense_forward(
 
     # dL/dz = p * S - ng with S = sum_c ng (the hard part adds hard_ng at the target class),
     # each position scaled by its share of the reduction (0 where ignored).
-    total = ng.sum(1) if isinstance(ng, Tensor) else torch.tensor(ng * num_classes)
+    total = ng.sum(1) if isinstance(ng, Tensor) else lp.new_tensor(ng * num_classes)
     if hard_ng is not None:
         total = hard_ng + total
     scale = grad_scale

@@ -162,6 +162,12 @@ def run_case(case: Case, device: torch.device, rounds: int, warmup: int) -> list
     return results
 
 
+def _triton_runs(device: torch.device) -> bool:
+    from . import _triton
+
+    return device.type == "cuda" and _triton.triton_error() is None
+
+
 def softmax_cases(
     shapes: list[tuple[int, ...]],
     device: torch.device,
@@ -200,8 +206,14 @@ def softmax_cases(
         for variant, make, kw, nbytes in variants:
             impls: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
                 "F.cross_entropy": lambda x, t, kw=kw: F.cross_entropy(x, t, **kw),
-                "focal_loss": lambda x, t, kw=kw: focal_loss(x, t, gamma=2.0, **kw),
+                "focal_loss": lambda x, t, kw=kw: focal_loss(
+                    x, t, gamma=2.0, backend="torch", **kw
+                ),
             }
+            if _triton_runs(device) and variant != "prob":
+                impls["focal_loss triton"] = lambda x, t, kw=kw: focal_loss(
+                    x, t, gamma=2.0, backend="triton", **kw
+                )
             if variant == "index":
                 impls["seed-style"] = lambda x, t: seed_style_focal_loss(
                     x, t, gamma=2.0, ignore_index=255
@@ -248,11 +260,15 @@ def sigmoid_cases(
                 "F.bce_with_logits": lambda x, t, labels=labels: F.binary_cross_entropy_with_logits(
                     x, labels["float"]
                 ),
-                "sigmoid_focal_loss": lambda x, t: sigmoid_focal_loss(x, t),
+                "sigmoid_focal_loss": lambda x, t: sigmoid_focal_loss(x, t, backend="torch"),
                 "torchvision-style": lambda x, t, labels=labels: (
                     torchvision_style_sigmoid_focal_loss(x, labels["float"])
                 ),
             }
+            if _triton_runs(device):
+                impls["sigmoid_focal_loss triton"] = lambda x, t: sigmoid_focal_loss(
+                    x, t, backend="triton"
+                )
             if compile:
                 impls["sigmoid_focal_loss compiled"] = torch.compile(
                     lambda x, t: sigmoid_focal_loss(x, t), fullgraph=True

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ._autograd import PER_ELEMENT, PER_POSITION, SCALAR, apply_loss
+from ._backend import check_backend, choose
 from ._reference import SigmoidOptions, sigmoid_focal_forward, softmax_focal_forward
 
 __all__ = ["focal_loss", "sigmoid_focal_loss"]
@@ -25,6 +26,7 @@ def focal_loss(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     detach_modulator: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Multi-class (softmax) focal loss of Lin et al. (2017), a drop-in for ``F.cross_entropy``.
 
@@ -73,6 +75,10 @@ def focal_loss(
         label_smoothing: ``eps`` in [0, 1]. Default: 0.
         detach_modulator: treat ``(1 - p)^gamma`` as a constant in the backward pass; this
             reproduces the seed module (which detaches ``p_t``). Default: False.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``. ``"auto"`` runs the fused Triton
+            kernel for CUDA inputs with class-index targets when Triton is available, and the
+            PyTorch path otherwise (probability targets always take the PyTorch path);
+            ``FOCALLOSS_BACKEND`` overrides ``"auto"``. Default: ``"auto"``.
 
     Returns:
         A 0-d tensor, or ``(N, d1, ..., dk)`` for ``reduction="none"``; float32 for half inputs.
@@ -102,6 +108,7 @@ def focal_loss(
             "input: expected logits of shape (C), (N, C) or (N, C, d1, ...), got a 0-d tensor"
         )
     V.check_same_device("target", target, input)
+    check_backend(backend)
 
     unbatched = input.dim() == 1
     if unbatched:
@@ -122,6 +129,7 @@ def focal_loss(
     )
     class_coef = _product(weight_vec, alpha_vec)
 
+    raw_target = target
     if probabilities:
         if ignore_index not in (None, -100):
             raise ValueError(
@@ -133,7 +141,7 @@ def focal_loss(
             float(target.numel() // num_classes), dtype=compute_dtype, device=input.device
         )
     else:
-        target = target.long()
+        raw_target = target = target.long()
         ignored = None if ignore_index is None else target == ignore_index
         if ignored is not None:
             target = target.masked_fill(ignored, 0)  # any valid class: its terms are masked
@@ -145,6 +153,23 @@ def focal_loss(
         grad_scale = divisor.reciprocal().nan_to_num_(posinf=0.0)  # 1/0 -> 0: the policy
 
     layout = PER_POSITION if reduction == "none" else SCALAR
+    unsupported = "probability targets" if probabilities else None
+    if choose(backend, input, unsupported) == "triton":
+        loss = apply_loss(
+            _softmax_focal_loss_triton,
+            layout,
+            input,
+            raw_target,
+            class_coef,
+            grad_scale,
+            gamma,
+            label_smoothing,
+            -100 if ignore_index is None else ignore_index,
+            ignore_index is not None,
+            detach_modulator,
+            reduction,
+        )
+        return loss.squeeze(0) if unbatched and reduction == "none" else loss
     loss = apply_loss(
         _softmax_focal_loss,
         layout,
@@ -275,6 +300,40 @@ def _softmax_focal_loss(
     return loss, grad
 
 
+def _softmax_focal_loss_triton(
+    input: Tensor,
+    target: Tensor,
+    class_coef: Tensor | None,
+    grad_scale: Tensor | None,
+    gamma: float,
+    label_smoothing: float,
+    ignore_index: int,
+    has_ignore: bool,
+    detach_modulator: bool,
+    reduction: str,
+    *,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The reduced loss and its gradient from the fused kernel (``torch.ops.focalloss``)."""
+    loss, grad = torch.ops.focalloss.softmax_focal_fwd(
+        input,
+        target,
+        class_coef,
+        grad_scale,
+        gamma,
+        label_smoothing,
+        ignore_index,
+        has_ignore,
+        detach_modulator,
+        reduction == "none",
+        need_grad,
+    )
+    if reduction == "mean":
+        assert grad_scale is not None
+        loss = loss * grad_scale
+    return loss, grad if need_grad else None
+
+
 def sigmoid_focal_loss(
     input: Tensor,
     target: Tensor,
@@ -287,6 +346,7 @@ def sigmoid_focal_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     detach_modulator: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Sigmoid (binary, multi-label, RetinaNet) focal loss with a closed-form gradient.
 
@@ -342,6 +402,9 @@ def sigmoid_focal_loss(
         normalizer: divisor for ``"mean"`` (a number or 0-d tensor >= 0, clamped to >= 1);
             an error with other reductions.
         detach_modulator: treat ``(1 - p_t)^gamma`` as a constant in the backward pass.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``: ``"auto"`` runs the fused Triton
+            kernel for CUDA inputs when Triton is available (every option is supported), the
+            PyTorch path otherwise; ``FOCALLOSS_BACKEND`` overrides ``"auto"``.
 
     Returns:
         A 0-d tensor, or the elementwise loss for ``reduction="none"``.
@@ -367,6 +430,7 @@ def sigmoid_focal_loss(
     if not input.is_floating_point():
         raise TypeError(f"input: expected floating-point logits, got dtype {input.dtype}")
     V.check_same_device("target", target, input)
+    check_backend(backend)
     if normalizer is not None and reduction != "mean":
         raise ValueError(
             f"normalizer: replaces the divisor of reduction='mean'; it cannot be used with "
@@ -382,9 +446,10 @@ def sigmoid_focal_loss(
             f"elements or give them weight 0 (got ignore_index={ignore_index})"
         )
     ignored = None
+    raw_target = target
     if index:
         assert num_classes is not None
-        target = target.long()
+        raw_target = target = target.long()
         if ignore_index is not None:
             ignored = target == ignore_index
             target = target.masked_fill(ignored, num_classes)  # background; masked anyway
@@ -412,6 +477,18 @@ def sigmoid_focal_loss(
             divisor = V.check_normalizer(normalizer, input, compute_dtype)
         grad_scale = divisor.reciprocal().nan_to_num_(posinf=0.0)  # 1/0 -> 0: the policy
     layout = PER_ELEMENT if reduction == "none" else SCALAR
+    if choose(backend, input, None) == "triton":
+        return apply_loss(
+            _sigmoid_focal_loss_triton,
+            layout,
+            input,
+            raw_target,
+            grad_scale,
+            options,
+            -1 if ignore_index is None else ignore_index,
+            ignore_index is not None,
+            reduction,
+        )
     return apply_loss(
         _sigmoid_focal_loss, layout, input, target, ignored, grad_scale, options, reduction
     )
@@ -488,3 +565,45 @@ def _sigmoid_focal_loss(
     if grad is not None and grad.dtype != input.dtype:
         grad = grad.to(input.dtype)
     return loss, grad
+
+
+def _sigmoid_focal_loss_triton(
+    input: Tensor,
+    target: Tensor,
+    grad_scale: Tensor | None,
+    options: SigmoidOptions,
+    ignore_index: int,
+    has_ignore: bool,
+    reduction: str,
+    *,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    alpha = options.alpha
+    alpha_vector = alpha.reshape(-1) if isinstance(alpha, Tensor) else None
+    alpha_mode = 0 if alpha is None else (2 if alpha_vector is not None else 1)
+    loss, grad = torch.ops.focalloss.sigmoid_focal_fwd(
+        input,
+        target,
+        options.weight,
+        options.pos_weight,
+        alpha_vector,
+        grad_scale,
+        options.gamma,
+        alpha if isinstance(alpha, float) else 0.0,
+        alpha_mode,
+        ignore_index,
+        has_ignore,
+        options.detach_modulator,
+        reduction == "none",
+        need_grad,
+    )
+    if reduction == "mean":
+        assert grad_scale is not None
+        loss = loss * grad_scale
+    return loss, grad if need_grad else None
+
+
+# The kernels' gradients are scaled in backward by a kernel that skips grad_output == 1 without
+# a host synchronisation (see focalloss._autograd).
+_softmax_focal_loss_triton.scale_in_kernel = True  # type: ignore[attr-defined]
+_sigmoid_focal_loss_triton.scale_in_kernel = True  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _validation as V
+from ._backend import check_backend
 from .functional import focal_loss, sigmoid_focal_loss
 
 __all__ = ["FocalLoss", "SigmoidFocalLoss"]
@@ -65,6 +66,7 @@ class FocalLoss(nn.Module):
         label_smoothing: in [0, 1]. Default: 0.
         detach_modulator: treat ``(1 - p)^gamma`` as a constant in the backward pass (the
             seed module's training behaviour). Default: False.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :func:`focalloss.focal_loss`).
 
     Shape:
         - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` logits.
@@ -101,8 +103,11 @@ class FocalLoss(nn.Module):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         detach_modulator: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        check_backend(backend)
+        self.backend = backend
         if size_average is not None:
             if not isinstance(size_average, bool):
                 raise TypeError(f"size_average: expected a bool or None, got {size_average!r}")
@@ -138,6 +143,7 @@ class FocalLoss(nn.Module):
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
             detach_modulator=self.detach_modulator,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
@@ -186,8 +192,11 @@ class SigmoidFocalLoss(nn.Module):
         reduction: str = "mean",
         normalizer: float | Tensor | None = None,
         detach_modulator: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        check_backend(backend)
+        self.backend = backend
         V.check_reduction(reduction)
         self.gamma = V.check_gamma(gamma)
         V.check_ignore_index(ignore_index)
@@ -227,6 +236,7 @@ class SigmoidFocalLoss(nn.Module):
             reduction=self.reduction,
             normalizer=self.normalizer if normalizer is None else normalizer,
             detach_modulator=self.detach_modulator,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -1,0 +1,369 @@
+"""Triton kernels of the focal losses: loss and input gradient in one launch.
+
+Every kernel sees its tensors through an ``(N, C, S)`` frame: ``n`` the batch, ``c`` the class,
+``s`` the flattened spatial position, each with its own element stride (``(N, C, H, W)``
+contiguous has strides ``(C*H*W, H*W, 1)``; channels_last ``(C*H*W, 1, C)``; ``(N, C)`` is
+framed as ``(1, C, N)``). So the logits are read in their own layout, never permuted or copied.
+Offsets are computed in int64 (sizes may exceed 2**31 elements).
+
+The math is the one of ``focalloss._reference`` (see its docstrings for the derivations):
+
+softmax, per position with ``lp = x - logsumexp(x)``, ``q_t = p_t - 1 = expm1(lp_t)``,
+``m = (1 - p)**gamma``, ``u = p * lp / (p - 1)`` (``= -r`` in [0, 1]):
+
+    loss = -(sum over classes of k_c * m_c * lp_c)
+    ng_c = k_c * m_c * (1 + gamma * u_c)        (k_c * m_c when the modulator is detached)
+    grad_c = scale * (p_c * sum_c' ng_c' - ng_c)
+
+with ``k = (1 - eps) * coef_t * onehot(t) + (eps / C) * coef``. The target class's entry is
+written with ``q_t`` (no ``p_t - 1`` cancellation).
+
+sigmoid, per element with ``t`` in [0, 1] (for class indices ``t = [c == target]``):
+
+    ce = pw * t * softplus(-x) + (1 - t) * softplus(x),   u = t * (1 - p) + (1 - t) * p
+    loss = w * a_t * u**gamma * ce
+    grad = scale * w * a_t * u**gamma * ((1 - t) p - pw t (1 - p) + gamma * rho * (1 - 2t) * ce)
+
+with ``rho = p (1 - p) / u`` in [0, 1] (0 where u = 0).
+
+Numerical choices, shared by all kernels: logits are upcast to the accumulation dtype
+(float32 for float16/bfloat16/float32, float64 for float64); the softmax uses an online
+max/sum over class chunks (any C), with -inf maxima guarded so masked lanes never produce NaN;
+``expm1`` and ``log1p``, which this Triton does not provide, use Kahan's forms
+``(u - 1) * x / log(u)`` and ``log(u) * x / (u - 1)``, exact to a few ulps where the plain forms
+cancel; ``(1 - p)**gamma`` is ``exp(gamma * log(1 - p))``, which is exactly 0 at ``1 - p = 0``.
+Reductions write one partial sum per program (no float atomics): the same launch gives
+bit-identical results.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _expm1(x):
+    """exp(x) - 1 without cancellation near 0 (Kahan)."""
+    u = tl.exp(x)
+    um1 = u - 1.0
+    safe_log = tl.where(u == 1.0, 1.0, tl.log(u))
+    return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * x / safe_log))
+
+
+@triton.jit
+def _log1p(x):
+    """log(1 + x) for x >= 0 without losing small x (Kahan)."""
+    u = 1.0 + x
+    d = tl.where(u == 1.0, 1.0, u - 1.0)
+    return tl.where(u == 1.0, x, tl.log(u) * x / d)
+
+
+@triton.jit
+def _modulator(one_minus_p, gamma, GAMMA_ZERO: tl.constexpr):
+    """(1 - p) ** gamma; exactly 0 at 1 - p = 0 for gamma > 0 and exactly 1 for gamma = 0."""
+    if GAMMA_ZERO:
+        return tl.full(one_minus_p.shape, 1.0, one_minus_p.dtype)
+    return tl.exp(gamma * tl.log(one_minus_p))
+
+
+@triton.jit
+def _softmax_focal_fwd_kernel(
+    x_ptr,
+    t_ptr,
+    coef_ptr,
+    scale_ptr,
+    loss_ptr,
+    grad_ptr,
+    C,
+    S,
+    stride_xn,
+    stride_xc,
+    stride_xs,
+    stride_tn,
+    stride_ts,
+    stride_gn,
+    stride_gc,
+    stride_gs,
+    params_ptr,  # [gamma, label_smoothing] in the accumulation dtype (scalars would be fp32)
+    ignore_index,
+    HAS_COEF: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    GAMMA_ZERO: tl.constexpr,
+    DETACH: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+    PER_POSITION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    pid_s = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    offs_s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    in_s = offs_s < S
+    x_row = x_ptr + n * stride_xn + offs_s * stride_xs
+    neg_inf = float("-inf")
+    gamma = tl.load(params_ptr).to(ACC)
+    eps = tl.load(params_ptr + 1).to(ACC)
+
+    # Pass 1: online max and sum of exponentials over class chunks -> logsumexp.
+    run_max = tl.full([BLOCK_S], neg_inf, ACC)
+    run_sum = tl.zeros([BLOCK_S], ACC)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask = (offs_c < C)[:, None] & in_s[None, :]
+        x = tl.load(x_row[None, :] + offs_c[:, None] * stride_xc, mask=mask, other=neg_inf)
+        x = x.to(ACC)
+        new_max = tl.maximum(run_max, tl.max(x, axis=0))
+        shift = tl.where(new_max == neg_inf, 0.0, new_max)  # all -inf so far: nothing to shift
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(x - shift[None, :]), axis=0)
+        run_max = new_max
+    lse = tl.where(run_max == neg_inf, 0.0, run_max) + tl.log(run_sum)
+
+    # The target class: log p_t, and q_t = p_t - 1 without cancellation.
+    t = tl.load(t_ptr + n * stride_tn + offs_s * stride_ts, mask=in_s, other=0).to(tl.int64)
+    valid = in_s
+    if HAS_IGNORE:
+        valid = valid & (t != ignore_index)
+    t = tl.where(valid, t, 0)
+    x_t = tl.load(x_row + t * stride_xc, mask=in_s, other=0.0).to(ACC)
+    lp_t = x_t - lse
+    q_t = _expm1(lp_t)
+    m_t = _modulator(-q_t, gamma, GAMMA_ZERO)
+    if HAS_COEF:
+        coef_t = tl.load(coef_ptr + t, mask=in_s, other=0.0).to(ACC)
+    else:
+        coef_t = tl.full([BLOCK_S], 1.0, ACC)
+    hard_k = coef_t * (1.0 - eps)
+    loss = -hard_k * m_t * lp_t
+    # hard_s = k_t * m_t * (1 + gamma * u_t): the target class's share of -g.
+    if DETACH or GAMMA_ZERO:
+        hard_s = hard_k * m_t
+    else:
+        p_t = tl.exp(lp_t)
+        u_t = tl.where((q_t == 0.0) | (p_t == 0.0), 0.0, p_t * lp_t / q_t)
+        hard_s = hard_k * m_t * (1.0 + gamma * u_t)
+
+    # Pass 2 (smoothing only): the dense part k_c = eps / C * coef_c over every class.
+    total = tl.zeros([BLOCK_S], ACC)  # sum_c ng_c of the dense part
+    if SMOOTH:
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            in_c = offs_c < C
+            mask = in_c[:, None] & in_s[None, :]
+            x = tl.load(x_row[None, :] + offs_c[:, None] * stride_xc, mask=mask, other=0.0)
+            lp = x.to(ACC) - lse[None, :]
+            q = _expm1(lp)
+            k = eps / C
+            if HAS_COEF:
+                k = k * tl.load(coef_ptr + offs_c, mask=in_c, other=0.0).to(ACC)[:, None]
+            km = tl.where(mask, k * _modulator(-q, gamma, GAMMA_ZERO), 0.0)
+            loss -= tl.sum(km * lp, axis=0)
+            if NEED_GRAD:
+                if DETACH or GAMMA_ZERO:
+                    ng = km
+                else:
+                    p = tl.exp(lp)
+                    u = tl.where((q == 0.0) | (p == 0.0), 0.0, p * lp / q)
+                    ng = km * (1.0 + gamma * u)
+                total += tl.sum(ng, axis=0)
+
+    loss = tl.where(valid, loss, 0.0)
+    if PER_POSITION:
+        tl.store(loss_ptr + n * S + offs_s, loss, mask=in_s)
+    else:
+        tl.store(loss_ptr + n * tl.num_programs(0) + pid_s, tl.sum(loss, axis=0))
+
+    if NEED_GRAD:
+        # Pass 3: grad_c = scale * (p_c * (total + hard_s) - ng_c - hard_s * [c == t]).
+        scale = tl.where(valid, 1.0, 0.0).to(ACC)
+        if HAS_SCALE:
+            scale = scale * tl.load(scale_ptr).to(ACC)
+        g_row = grad_ptr + n * stride_gn + offs_s * stride_gs
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            in_c = offs_c < C
+            mask = in_c[:, None] & in_s[None, :]
+            x = tl.load(x_row[None, :] + offs_c[:, None] * stride_xc, mask=mask, other=0.0)
+            lp = x.to(ACC) - lse[None, :]
+            p = tl.exp(lp)
+            is_t = offs_c[:, None] == t[None, :]
+            if SMOOTH:
+                q = _expm1(lp)
+                k = eps / C
+                if HAS_COEF:
+                    k = k * tl.load(coef_ptr + offs_c, mask=in_c, other=0.0).to(ACC)[:, None]
+                km = k * _modulator(-q, gamma, GAMMA_ZERO)
+                if DETACH or GAMMA_ZERO:
+                    ng = km
+                else:
+                    u = tl.where((q == 0.0) | (p == 0.0), 0.0, p * lp / q)
+                    ng = km * (1.0 + gamma * u)
+                g = p * total[None, :] - ng
+                g += tl.where(is_t, q_t[None, :], p) * hard_s[None, :]
+            else:
+                g = tl.where(is_t, q_t[None, :], p) * hard_s[None, :]
+            g = g * scale[None, :]
+            ptrs = g_row[None, :] + offs_c[:, None] * stride_gc
+            tl.store(ptrs, g.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sigmoid_focal_fwd_kernel(
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    pw_ptr,
+    alpha_ptr,
+    scale_ptr,
+    loss_ptr,
+    grad_ptr,
+    C,
+    S,
+    stride_xn,
+    stride_xc,
+    stride_xs,
+    stride_tn,
+    stride_tc,
+    stride_ts,
+    stride_wn,
+    stride_wc,
+    stride_ws,
+    stride_pn,
+    stride_pc,
+    stride_ps,
+    stride_gn,
+    stride_gc,
+    stride_gs,
+    stride_ln,
+    stride_lc,
+    stride_ls,
+    params_ptr,  # [gamma, alpha] in the accumulation dtype
+    ignore_index,
+    INDEX: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_PW: tl.constexpr,
+    ALPHA_MODE: tl.constexpr,  # 0: none, 1: scalar, 2: per class
+    HAS_IGNORE: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    GAMMA_ZERO: tl.constexpr,
+    DETACH: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+    PER_ELEMENT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    pid_s = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    offs_s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    in_s = offs_s < S
+    gamma = tl.load(params_ptr).to(ACC)
+    alpha = tl.load(params_ptr + 1).to(ACC)
+    valid = in_s
+    if INDEX:
+        target = tl.load(t_ptr + n * stride_tn + offs_s * stride_ts, mask=in_s, other=0)
+        target = target.to(tl.int64)
+        if HAS_IGNORE:
+            valid = valid & (target != ignore_index)
+    scale = tl.where(valid, 1.0, 0.0).to(ACC)
+    if HAS_SCALE:
+        scale = scale * tl.load(scale_ptr).to(ACC)
+    partial = tl.zeros([BLOCK_S], ACC)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        in_c = offs_c < C
+        mask = in_c[:, None] & in_s[None, :]
+        x = tl.load(
+            x_ptr + n * stride_xn + offs_c[:, None] * stride_xc + offs_s[None, :] * stride_xs,
+            mask=mask,
+            other=0.0,
+        ).to(ACC)
+        if INDEX:
+            t = tl.where(offs_c[:, None] == target[None, :], 1.0, 0.0).to(ACC)
+        else:
+            t = tl.load(
+                t_ptr + n * stride_tn + offs_c[:, None] * stride_tc + offs_s[None, :] * stride_ts,
+                mask=mask,
+                other=0.0,
+            ).to(ACC)
+        # p, 1 - p, softplus(-x), softplus(x) from e = exp(-|x|), each without cancellation.
+        e = tl.exp(-tl.abs(x))
+        log_term = _log1p(e)
+        big = 1.0 / (1.0 + e)
+        small = e * big
+        p = tl.where(x >= 0, big, small)
+        q = tl.where(x >= 0, small, big)
+        sp_pos = tl.maximum(-x, 0.0) + log_term
+        sp_neg = tl.maximum(x, 0.0) + log_term
+        pw_t = t
+        if HAS_PW:
+            pw = tl.load(
+                pw_ptr + n * stride_pn + offs_c[:, None] * stride_pc + offs_s[None, :] * stride_ps,
+                mask=mask,
+                other=1.0,
+            ).to(ACC)
+            pw_t = pw * t
+        ce = pw_t * sp_pos + (1.0 - t) * sp_neg
+        u = (1.0 - t) * p + t * q
+        wm = _modulator(u, gamma, GAMMA_ZERO)
+        if ALPHA_MODE == 1:
+            wm = wm * (alpha * t + (1.0 - alpha) * (1.0 - t))
+        if ALPHA_MODE == 2:
+            a = tl.load(alpha_ptr + offs_c, mask=in_c, other=0.0).to(ACC)[:, None]
+            wm = wm * (a * t + (1.0 - a) * (1.0 - t))
+        if HAS_W:
+            wm = wm * tl.load(
+                w_ptr + n * stride_wn + offs_c[:, None] * stride_wc + offs_s[None, :] * stride_ws,
+                mask=mask,
+                other=0.0,
+            ).to(ACC)
+        loss = tl.where(mask & valid[None, :], wm * ce, 0.0)
+        if PER_ELEMENT:
+            ptrs = (
+                loss_ptr + n * stride_ln + offs_c[:, None] * stride_lc + offs_s[None, :] * stride_ls
+            )
+            tl.store(ptrs, loss, mask=mask)
+        else:
+            partial += tl.sum(loss, axis=0)
+        if NEED_GRAD:
+            dce = (1.0 - t) * p - pw_t * q
+            if not (DETACH or GAMMA_ZERO):
+                rho = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 0.0)
+                dce += gamma * rho * (1.0 - 2.0 * t) * ce
+            g = wm * dce * scale[None, :]
+            ptrs = (
+                grad_ptr + n * stride_gn + offs_c[:, None] * stride_gc + offs_s[None, :] * stride_gs
+            )
+            tl.store(ptrs, g.to(grad_ptr.dtype.element_ty), mask=mask)
+    if not PER_ELEMENT:
+        tl.store(loss_ptr + n * tl.num_programs(0) + pid_s, tl.sum(partial, axis=0))
+
+
+@triton.jit
+def _scale_grad_kernel(
+    grad_ptr,
+    go_ptr,
+    numel,
+    inner,
+    classes,
+    PER_POSITION: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """grad *= grad_output in place (a contiguous gradient). A scalar grad_output of exactly
+    1 returns at once: the skip costs no synchronisation with the host."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    if PER_POSITION:
+        # (N, C, S) gradient, (N, S) grad_output.
+        pos = (offs // (inner * classes)) * inner + offs % inner
+        go = tl.load(go_ptr + pos, mask=mask, other=0.0).to(tl.float32)
+    else:
+        go = tl.load(go_ptr).to(tl.float32)
+        if go == 1.0:
+            return
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0)
+    tl.store(grad_ptr + offs, (g.to(tl.float32) * go).to(grad_ptr.dtype.element_ty), mask=mask)
