@@ -162,6 +162,42 @@ def run_case(case: Case, device: torch.device, rounds: int, warmup: int) -> list
     return results
 
 
+def _third_party_softmax() -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    """kornia's and MONAI's softmax focal losses, when installed (5% ignored pixels, gamma 2)."""
+    impls: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+    with contextlib.suppress(ImportError):
+        import kornia.losses
+
+        impls["kornia"] = lambda x, t: kornia.losses.focal_loss(
+            x, t, alpha=None, gamma=2.0, reduction="mean", ignore_index=255
+        )
+    with contextlib.suppress(ImportError):
+        from monai.losses import FocalLoss as MonaiFocalLoss
+
+        monai_loss = MonaiFocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, ignore_index=255)
+        impls["monai"] = lambda x, t: monai_loss(x, t.unsqueeze(1))
+    return impls
+
+
+def _third_party_sigmoid(
+    labels: dict[str, Tensor],
+) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    """kornia's and MONAI's sigmoid focal losses on the float labels, when installed."""
+    impls: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+    with contextlib.suppress(ImportError):
+        import kornia.losses
+
+        impls["kornia"] = lambda x, t: kornia.losses.binary_focal_loss_with_logits(
+            x, labels["float"], alpha=0.25, gamma=2.0, reduction="mean"
+        )
+    with contextlib.suppress(ImportError):
+        from monai.losses import FocalLoss as MonaiFocalLoss
+
+        monai_loss = MonaiFocalLoss(alpha=0.25, gamma=2.0)
+        impls["monai"] = lambda x, t: monai_loss(x, labels["float"])
+    return impls
+
+
 def _triton_runs(device: torch.device) -> bool:
     from . import _triton
 
@@ -218,6 +254,7 @@ def softmax_cases(
                 impls["seed-style"] = lambda x, t: seed_style_focal_loss(
                     x, t, gamma=2.0, ignore_index=255
                 )
+                impls.update(_third_party_softmax())
             if compile:
                 impls["focal_loss compiled"] = torch.compile(
                     lambda x, t, kw=kw: focal_loss(x, t, gamma=2.0, **kw), fullgraph=True
@@ -265,6 +302,7 @@ def sigmoid_cases(
                     torchvision_style_sigmoid_focal_loss(x, labels["float"])
                 ),
             }
+            impls.update(_third_party_sigmoid(labels))
             if _triton_runs(device):
                 impls["sigmoid_focal_loss triton"] = lambda x, t: sigmoid_focal_loss(
                     x, t, backend="triton"
