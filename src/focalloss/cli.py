@@ -1,10 +1,12 @@
-"""Command line: ``focalloss bench`` (``python -m focalloss bench``)."""
+"""Command line: ``focalloss demo``, ``focalloss plot``, ``focalloss bench``
+(also ``python -m focalloss ...``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -22,6 +24,27 @@ def _shape(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focalloss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo", help="train a small U-Net with cross-entropy and with focal loss, compare"
+    )
+    demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    demo.add_argument("--steps", type=int, default=None, help="training steps per loss")
+    demo.add_argument("--batch-size", type=int, default=None)
+    demo.add_argument("--image-size", type=int, default=None)
+    demo.add_argument("--gamma", type=float, default=2.0)
+    demo.add_argument(
+        "--alpha",
+        default="none",
+        choices=["none", "balanced"],
+        help="focal alpha: none, or class-balanced weights from the training set",
+    )
+    demo.add_argument("--losses", default="ce,focal", help="comma list of ce, focal, seed")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="focalloss-demo", help="output directory")
+    demo.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    demo.add_argument("--quick", action="store_true", help="a few-second smoke run")
+    plot = sub.add_parser("plot", help="the paper's Figure 1 and gradient magnitudes, as PNG")
+    plot.add_argument("--out", default="focalloss-plots", help="output directory")
     bench = sub.add_parser("bench", help="time and memory against F.cross_entropy and others")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument(
@@ -43,7 +66,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "bench":
+    if args.command == "demo":
+        from .demo import DemoConfig, run_demo
+
+        losses = tuple(name.strip() for name in args.losses.split(",") if name.strip())
+        base = DemoConfig.quick() if args.quick else DemoConfig()
+        overrides = {
+            key: value
+            for key, value in (
+                ("steps", args.steps),
+                ("batch_size", args.batch_size),
+                ("image_size", args.image_size),
+            )
+            if value is not None
+        }
+        config = DemoConfig(
+            **{
+                **{k: getattr(base, k) for k in base.__dataclass_fields__},
+                **overrides,
+                "gamma": args.gamma,
+                "alpha": args.alpha,
+                "losses": losses,
+                "seed": args.seed,
+                "device": args.device,
+                "out": args.out,
+                "threads": args.threads,
+            }
+        )
+        run_demo(config)
+    elif args.command == "plot":
+        from .demo.plots import paper_figures
+
+        for path in paper_figures(Path(args.out)):
+            print(f"wrote {path}")
+    elif args.command == "bench":
         from .benchmark import run
 
         run(
