@@ -200,7 +200,8 @@ def broadcast_weight(name: str, value: Tensor | None, input: Tensor) -> Tensor |
 
 
 def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dtype) -> Tensor:
-    """The divisor of a normalised mean: >= 0 and finite, clamped to at least 1."""
+    """The divisor of a normalised mean as a tensor: >= 0 and finite (the caller clamps it
+    to at least 1, after summing it over ranks when asked to)."""
     if isinstance(normalizer, Tensor):
         check_same_device("normalizer", normalizer, input)
         if normalizer.dim() != 0:
@@ -211,7 +212,7 @@ def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dty
             number = value.item()
             if not (number >= 0 and number < math.inf):
                 raise ValueError(f"normalizer: expected a finite number >= 0, got {number}")
-        return value.clamp(min=1.0)
+        return value
     if isinstance(normalizer, bool) or not isinstance(normalizer, Real):
         raise TypeError(
             f"normalizer: expected a number or a 0-d tensor, got {type(normalizer).__name__}"
@@ -219,4 +220,14 @@ def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dty
     number = float(normalizer)
     if not (number >= 0 and number < math.inf):
         raise ValueError(f"normalizer: expected a finite number >= 0, got {number}")
-    return torch.tensor(max(number, 1.0), dtype=dtype, device=input.device)
+    return torch.tensor(number, dtype=dtype, device=input.device)
+
+
+def check_sync_normalizer(sync_normalizer: bool, reduction: str) -> None:
+    if not isinstance(sync_normalizer, bool):
+        raise TypeError(f"sync_normalizer: expected a bool, got {sync_normalizer!r}")
+    if sync_normalizer and reduction != "mean":
+        raise ValueError(
+            f"sync_normalizer: synchronises the divisor of reduction='mean' across ranks; it "
+            f"cannot be used with reduction={reduction!r}"
+        )

@@ -11,6 +11,7 @@ from . import _validation as V
 from ._autograd import PER_ELEMENT, PER_POSITION, SCALAR, apply_loss
 from ._backend import check_backend, choose
 from ._reference import SigmoidOptions, sigmoid_focal_forward, softmax_focal_forward
+from .distributed import global_divisor
 
 __all__ = ["focal_loss", "sigmoid_focal_loss"]
 
@@ -27,6 +28,7 @@ def focal_loss(
     label_smoothing: float = 0.0,
     detach_modulator: bool = False,
     backend: str = "auto",
+    sync_normalizer: bool = False,
 ) -> Tensor:
     r"""Multi-class (softmax) focal loss of Lin et al. (2017), a drop-in for ``F.cross_entropy``.
 
@@ -79,6 +81,10 @@ def focal_loss(
             kernel for CUDA inputs with class-index targets when Triton is available, and the
             PyTorch path otherwise (probability targets always take the PyTorch path);
             ``FOCALLOSS_BACKEND`` overrides ``"auto"``. Default: ``"auto"``.
+        sync_normalizer: under ``torch.distributed`` (DDP), all-reduce the ``"mean"`` divisor
+            across ranks and return ``world_size * local_sum / global_divisor``, so that DDP's
+            gradient averaging equals one process training on all ranks' batches (see
+            :mod:`focalloss.distributed`). Only with ``reduction="mean"``. Default: False.
 
     Returns:
         A 0-d tensor, or ``(N, d1, ..., dk)`` for ``reduction="none"``; float32 for half inputs.
@@ -109,6 +115,7 @@ def focal_loss(
         )
     V.check_same_device("target", target, input)
     check_backend(backend)
+    V.check_sync_normalizer(sync_normalizer, reduction)
 
     unbatched = input.dim() == 1
     if unbatched:
@@ -150,7 +157,7 @@ def focal_loss(
     grad_scale = None
     if reduction == "mean":
         assert divisor is not None
-        grad_scale = divisor.reciprocal().nan_to_num_(posinf=0.0)  # 1/0 -> 0: the policy
+        grad_scale = _mean_scale(divisor, sync_normalizer, clamp=False)
 
     layout = PER_POSITION if reduction == "none" else SCALAR
     unsupported = "probability targets" if probabilities else None
@@ -186,6 +193,20 @@ def focal_loss(
     if unbatched and reduction == "none":
         loss = loss.squeeze(0)
     return loss
+
+
+def _mean_scale(divisor: Tensor, sync: bool, clamp: bool) -> Tensor:
+    """The factor of ``reduction="mean"``: ``1 / divisor``, 0 for a divisor of 0 (the
+    all-ignored policy); with ``sync``, ``world_size / global divisor`` (see
+    ``focalloss.distributed``). ``clamp``: a normalizer counts as at least 1 (RetinaNet),
+    applied after the sum over ranks."""
+    size = 1
+    if sync:
+        divisor, size = global_divisor(divisor)
+    if clamp:
+        divisor = divisor.clamp(min=1.0)
+    scale = divisor.reciprocal().nan_to_num_(posinf=0.0)  # 1/0 -> 0: the policy
+    return scale if size == 1 else scale * size
 
 
 def _target_kind(input: Tensor, target: Tensor, unbatched: bool) -> bool:
@@ -347,6 +368,7 @@ def sigmoid_focal_loss(
     normalizer: float | Tensor | None = None,
     detach_modulator: bool = False,
     backend: str = "auto",
+    sync_normalizer: bool = False,
 ) -> Tensor:
     r"""Sigmoid (binary, multi-label, RetinaNet) focal loss with a closed-form gradient.
 
@@ -405,6 +427,11 @@ def sigmoid_focal_loss(
         backend: ``"auto"``, ``"torch"`` or ``"triton"``: ``"auto"`` runs the fused Triton
             kernel for CUDA inputs when Triton is available (every option is supported), the
             PyTorch path otherwise; ``FOCALLOSS_BACKEND`` overrides ``"auto"``.
+        sync_normalizer: under ``torch.distributed`` (DDP), all-reduce the ``"mean"`` divisor
+            (or ``normalizer``, clamped to >= 1 after the sum) across ranks and return
+            ``world_size * local_sum / global_divisor``, so that DDP's gradient averaging
+            equals one process training on all ranks' batches (see
+            :mod:`focalloss.distributed`). Only with ``reduction="mean"``. Default: False.
 
     Returns:
         A 0-d tensor, or the elementwise loss for ``reduction="none"``.
@@ -431,6 +458,7 @@ def sigmoid_focal_loss(
         raise TypeError(f"input: expected floating-point logits, got dtype {input.dtype}")
     V.check_same_device("target", target, input)
     check_backend(backend)
+    V.check_sync_normalizer(sync_normalizer, reduction)
     if normalizer is not None and reduction != "mean":
         raise ValueError(
             f"normalizer: replaces the divisor of reduction='mean'; it cannot be used with "
@@ -475,7 +503,7 @@ def sigmoid_focal_loss(
     if reduction == "mean":
         if normalizer is not None:
             divisor = V.check_normalizer(normalizer, input, compute_dtype)
-        grad_scale = divisor.reciprocal().nan_to_num_(posinf=0.0)  # 1/0 -> 0: the policy
+        grad_scale = _mean_scale(divisor, sync_normalizer, clamp=normalizer is not None)
     layout = PER_ELEMENT if reduction == "none" else SCALAR
     if choose(backend, input, None) == "triton":
         return apply_loss(

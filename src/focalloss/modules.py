@@ -67,6 +67,8 @@ class FocalLoss(nn.Module):
         detach_modulator: treat ``(1 - p)^gamma`` as a constant in the backward pass (the
             seed module's training behaviour). Default: False.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :func:`focalloss.focal_loss`).
+        sync_normalizer: all-reduce the ``"mean"`` divisor across DDP ranks (see
+            :mod:`focalloss.distributed`). Default: False.
 
     Shape:
         - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` logits.
@@ -104,10 +106,12 @@ class FocalLoss(nn.Module):
         label_smoothing: float = 0.0,
         detach_modulator: bool = False,
         backend: str = "auto",
+        sync_normalizer: bool = False,
     ) -> None:
         super().__init__()
         check_backend(backend)
         self.backend = backend
+        self.sync_normalizer = sync_normalizer
         if size_average is not None:
             if not isinstance(size_average, bool):
                 raise TypeError(f"size_average: expected a bool or None, got {size_average!r}")
@@ -118,6 +122,7 @@ class FocalLoss(nn.Module):
             )
             reduction = "mean" if size_average else "sum"
         V.check_reduction(reduction)
+        V.check_sync_normalizer(sync_normalizer, reduction)
         self.gamma = V.check_gamma(gamma)
         self.label_smoothing = V.check_unit_interval("label_smoothing", label_smoothing)
         V.check_ignore_index(ignore_index)
@@ -144,6 +149,7 @@ class FocalLoss(nn.Module):
             label_smoothing=self.label_smoothing,
             detach_modulator=self.detach_modulator,
             backend=self.backend,
+            sync_normalizer=self.sync_normalizer,
         )
 
     def extra_repr(self) -> str:
@@ -193,11 +199,14 @@ class SigmoidFocalLoss(nn.Module):
         normalizer: float | Tensor | None = None,
         detach_modulator: bool = False,
         backend: str = "auto",
+        sync_normalizer: bool = False,
     ) -> None:
         super().__init__()
         check_backend(backend)
         self.backend = backend
         V.check_reduction(reduction)
+        V.check_sync_normalizer(sync_normalizer, reduction)
+        self.sync_normalizer = sync_normalizer
         self.gamma = V.check_gamma(gamma)
         V.check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
@@ -237,6 +246,7 @@ class SigmoidFocalLoss(nn.Module):
             normalizer=self.normalizer if normalizer is None else normalizer,
             detach_modulator=self.detach_modulator,
             backend=self.backend,
+            sync_normalizer=self.sync_normalizer,
         )
 
     def extra_repr(self) -> str:
