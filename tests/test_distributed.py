@@ -265,3 +265,14 @@ def test_sync_normalizer_validation():
         FocalLoss(reduction="none", sync_normalizer=True)
     # Without a process group the flag changes nothing.
     assert torch.equal(focal_loss(x, t, sync_normalizer=True), focal_loss(x, t))
+
+
+def test_example_script_runs_under_torchrun():
+    script = Path(__file__).resolve().parents[1] / "examples" / "ddp_segmentation.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+         "--steps", "3", "--image-size", "32", "--batch-size", "2"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "focal loss (global mean)" in result.stdout
