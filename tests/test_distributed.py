@@ -226,17 +226,19 @@ def _all_ignored_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
         timeout=datetime.timedelta(seconds=60),
     )  # fmt: skip
     try:
-        model = DistributedDataParallel(_model())
-        x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-        t = torch.full((2, 4, 4), 255)
-        loss = focal_loss(model(x), t, ignore_index=255, sync_normalizer=True)
-        loss.backward()
-        torch.save(
-            (loss.detach(), [p.grad for p in model.module.parameters()]),
-            Path(out_dir) / f"{rank}.pt",
-        )
+        torch.save(_all_ignored_step(), Path(out_dir) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        _teardown()
+
+
+def _all_ignored_step() -> tuple:
+    """Every target ignored on every rank; the DDP model dies when this returns."""
+    model = DistributedDataParallel(_model())
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    t = torch.full((2, 4, 4), 255)
+    loss = focal_loss(model(x), t, ignore_index=255, sync_normalizer=True)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.module.parameters()]
 
 
 def test_every_rank_ignored_gives_zero_loss_and_gradient():
