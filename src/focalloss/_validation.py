@@ -223,6 +223,14 @@ def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dty
     return torch.tensor(number, dtype=dtype, device=input.device)
 
 
+def check_normalizer_reduction(normalizer: object, reduction: str) -> None:
+    if normalizer is not None and reduction != "mean":
+        raise ValueError(
+            f"normalizer: replaces the divisor of reduction='mean'; it cannot be used with "
+            f"reduction={reduction!r} (got normalizer={normalizer!r})"
+        )
+
+
 def check_sync_normalizer(sync_normalizer: bool, reduction: str) -> None:
     if not isinstance(sync_normalizer, bool):
         raise TypeError(f"sync_normalizer: expected a bool, got {sync_normalizer!r}")

@@ -195,6 +195,19 @@ def focal_loss(
     return loss
 
 
+def _finish(
+    loss: Tensor, grad: object, grad_scale: Tensor | None, reduction: str, input: Tensor
+) -> tuple[Tensor, object]:
+    """Scale a summed loss for ``reduction="mean"`` and give a gradient tensor the input's
+    dtype (gradient parts for the compiled path pass through)."""
+    if reduction == "mean":
+        assert grad_scale is not None
+        loss = loss * grad_scale
+    if isinstance(grad, Tensor) and grad.dtype != input.dtype:
+        grad = grad.to(input.dtype)
+    return loss, grad
+
+
 def _mean_scale(divisor: Tensor, sync: bool, clamp: bool) -> Tensor:
     """The factor of ``reduction="mean"``: ``1 / divisor``, 0 for a divisor of 0 (the
     all-ignored policy); with ``sync``, ``world_size / global divisor`` (see
@@ -311,14 +324,7 @@ def _softmax_focal_loss(
         need_grad=need_grad,
         compute_dtype=compute_dtype,
     )
-    if reduction == "sum":
-        loss = loss.sum()
-    elif reduction == "mean":
-        assert grad_scale is not None
-        loss = loss.sum() * grad_scale
-    if isinstance(grad, Tensor) and grad.dtype != input.dtype:  # (not for HardGradParts)
-        grad = grad.to(input.dtype)
-    return loss, grad
+    return _finish(loss if reduction == "none" else loss.sum(), grad, grad_scale, reduction, input)
 
 
 def _softmax_focal_loss_triton(
@@ -349,10 +355,7 @@ def _softmax_focal_loss_triton(
         reduction == "none",
         need_grad,
     )
-    if reduction == "mean":
-        assert grad_scale is not None
-        loss = loss * grad_scale
-    return loss, grad if need_grad else None
+    return _finish(loss, grad if need_grad else None, grad_scale, reduction, input)
 
 
 def sigmoid_focal_loss(
@@ -459,11 +462,7 @@ def sigmoid_focal_loss(
     V.check_same_device("target", target, input)
     check_backend(backend)
     V.check_sync_normalizer(sync_normalizer, reduction)
-    if normalizer is not None and reduction != "mean":
-        raise ValueError(
-            f"normalizer: replaces the divisor of reduction='mean'; it cannot be used with "
-            f"reduction={reduction!r} (got normalizer={normalizer!r})"
-        )
+    V.check_normalizer_reduction(normalizer, reduction)
 
     compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     index = _sigmoid_target_kind(input, target)
@@ -587,12 +586,7 @@ def _sigmoid_focal_loss(
         elementwise=reduction == "none",
         need_grad=need_grad,
     )
-    if reduction == "mean":
-        assert grad_scale is not None
-        loss = loss * grad_scale
-    if grad is not None and grad.dtype != input.dtype:
-        grad = grad.to(input.dtype)
-    return loss, grad
+    return _finish(loss, grad, grad_scale, reduction, input)
 
 
 def _sigmoid_focal_loss_triton(
@@ -625,10 +619,7 @@ def _sigmoid_focal_loss_triton(
         reduction == "none",
         need_grad,
     )
-    if reduction == "mean":
-        assert grad_scale is not None
-        loss = loss * grad_scale
-    return loss, grad if need_grad else None
+    return _finish(loss, grad if need_grad else None, grad_scale, reduction, input)
 
 
 # The kernels' gradients are scaled in backward by a kernel that skips grad_output == 1 without

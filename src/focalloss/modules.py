@@ -211,11 +211,7 @@ class SigmoidFocalLoss(nn.Module):
         V.check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
         self.reduction = reduction
-        if normalizer is not None and reduction != "mean":
-            raise ValueError(
-                f"normalizer: replaces the divisor of reduction='mean'; it cannot be used with "
-                f"reduction={reduction!r}"
-            )
+        V.check_normalizer_reduction(normalizer, reduction)
         self.normalizer = normalizer
         if not isinstance(detach_modulator, bool):
             raise TypeError(f"detach_modulator: expected a bool, got {detach_modulator!r}")
