@@ -63,7 +63,8 @@ class HardGradParts(NamedTuple):
         classes = classes.view((1, -1) + (1,) * (self.x.dim() - 2))
         p = torch.exp(self.x - self.lse)
         s = self.s if scale is None else self.s * scale
-        return torch.where(classes == self.index, self.q, p) * s
+        # s = 0 (ignored positions) gives exactly 0, also where the logits are NaN or inf.
+        return torch.where(s == 0, 0.0, torch.where(classes == self.index, self.q, p) * s)
 
 
 def _class_view(v: Tensor, ndim: int) -> Tensor:
@@ -252,7 +253,9 @@ def _dense_forward(
         nl, hard_s, _ = hard_target_terms(lp_t, gamma, detach_modulator)
         loss.sub_(nl.mul_(hard_k))
         hard_ng = hard_k if hard_s is None else hard_s.mul_(hard_k)
+    unfinished = None
     if ignored is not None:
+        unfinished = ignored & ~torch.isfinite(loss) if need_grad else None
         loss.masked_fill_(ignored, 0.0)
     if not need_grad:
         return loss, None
@@ -280,7 +283,24 @@ def _dense_forward(
     grad = torch.sub(p, ng, out=out) if out is not None else p.sub_(ng)
     if hard_ng is not None:
         grad.scatter_add_(1, index, hard_ng.neg().unsqueeze(1))
+    if unfinished is not None:
+        _zero_ignored_rows_(grad, unfinished)
     return loss, grad
+
+
+def _zero_ignored_rows_(grad: Tensor, rows: Tensor) -> Tensor:
+    """Zero the gradient of ``rows``: ignored positions whose logits are not finite.
+
+    An ignored position's gradient is its terms times a zero scale, which leaves NaN where its
+    logits are NaN or infinite (0 * NaN). ``rows`` flags every such position (a superset: a
+    non-finite logit makes the position's log-softmax, hence its loss or ``lp_t``, non-finite).
+    In eager mode on the CPU the fill runs only when there is one; elsewhere it runs
+    unconditionally rather than synchronise with the host to find out (under ``torch.compile``
+    it fuses into the gradient's kernel).
+    """
+    if torch.compiler.is_compiling() or grad.device.type != "cpu" or bool(rows.any()):
+        grad.masked_fill_(rows.unsqueeze(1), 0.0)
+    return grad
 
 
 def _hard_forward(
@@ -306,6 +326,7 @@ def _hard_forward(
     else:
         lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
         lp_t = lp.gather(1, index).squeeze(1)
+    unfinished = ignored & ~torch.isfinite(lp_t) if ignored is not None and need_grad else None
     nl, s, q = hard_target_terms(lp_t, gamma, detach_modulator)
     coef = class_coef[target] if class_coef is not None else None
     loss = nl.neg_() if coef is None else nl.mul_(coef).neg_()
@@ -329,6 +350,8 @@ def _hard_forward(
         return loss, HardGradParts(x, lse, index, q.unsqueeze(1), s)
     grad = lp.exp_().mul_(s)  # the log-softmax buffer becomes the gradient
     grad.scatter_(1, index, q.unsqueeze(1).mul_(s))
+    if unfinished is not None:
+        _zero_ignored_rows_(grad, unfinished)
     return loss, grad
 
 

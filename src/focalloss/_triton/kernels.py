@@ -205,7 +205,9 @@ def _softmax_focal_fwd_kernel(
                 g += tl.where(is_t, q_t[None, :], p) * hard_s[None, :]
             else:
                 g = tl.where(is_t, q_t[None, :], p) * hard_s[None, :]
-            g = g * scale[None, :]
+            # where, not only the zero scale: an ignored position's logits may be NaN or inf,
+            # and 0 * NaN would leak NaN into its gradient.
+            g = tl.where(valid[None, :], g * scale[None, :], 0.0)
             ptrs = g_row[None, :] + offs_c[:, None] * stride_gc
             tl.store(ptrs, g.to(grad_ptr.dtype.element_ty), mask=mask)
 
@@ -333,7 +335,7 @@ def _sigmoid_focal_fwd_kernel(
             if not (DETACH or GAMMA_ZERO):
                 rho = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 0.0)
                 dce += gamma * rho * (1.0 - 2.0 * t) * ce
-            g = wm * dce * scale[None, :]
+            g = tl.where(valid[None, :], wm * dce * scale[None, :], 0.0)  # NaN-safe, as above
             ptrs = (
                 grad_ptr + n * stride_gn + offs_c[:, None] * stride_gc + offs_s[None, :] * stride_gs
             )
