@@ -225,9 +225,7 @@ def test_layouts_are_read_in_place(kind):
     layouts = {
         "channels_last": base.contiguous(memory_format=torch.channels_last),
         "permuted view": base.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),
-        "strided slice": torch.cat([base, base], dim=3)[..., ::2].clone()[..., :5]
-        if False
-        else torch.stack([base, base], dim=-1)[..., 0],
+        "strided slice": torch.stack([base, base], dim=-1)[..., 0],  # every other element
     }
     for name, x in layouts.items():
         x = x.detach().requires_grad_()

@@ -252,7 +252,10 @@ def test_value_checks_can_be_switched_off():
 def test_module_rejects_bad_configuration():
     with pytest.raises(TypeError, match="size_average: expected a bool or None"):
         FocalLoss(size_average="yes")
-    with pytest.raises(ValueError, match="weight: expected a 1-D tensor"):
+    with pytest.raises(
+        ValueError,
+        match=r"weight: expected one factor per class \(a 1-D tensor\), got shape \(2, 2\)",
+    ):
         FocalLoss(weight=torch.ones(2, 2))
     with pytest.raises(ValueError, match=r"alpha: expected a number in \[0, 1\], got 2.0"):
         FocalLoss(alpha=2.0)

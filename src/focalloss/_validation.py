@@ -31,9 +31,10 @@ def set_value_checks(enabled: bool) -> bool:
     """Switch the checks that read tensor values on or off; returns the previous setting.
 
     The checks that read values are: class-index targets in ``[0, C)`` (or ``[0, C]`` for the
-    sigmoid loss), non-negative ``alpha``/``weight``, and soft targets in ``[0, 1]`` for the
-    sigmoid loss. Each costs a small pass over a target-sized (not logits-sized) tensor and, on
-    a GPU, one synchronisation. They are skipped automatically inside ``torch.compile``.
+    sigmoid loss), finite non-negative ``alpha``/``weight``/``pos_weight``, and float targets
+    (soft labels, class probabilities) in ``[0, 1]``. Each costs a small pass over a
+    target-sized (not logits-sized) tensor and, on a GPU, one synchronisation. They are
+    skipped automatically inside ``torch.compile``.
 
     Example:
         >>> import focalloss
@@ -81,7 +82,27 @@ def check_unit_interval(name: str, value: float) -> float:
 def check_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        raise TypeError(
+            f"{name}: expected a dense (strided) tensor, got layout {value.layout} "
+            f"(convert with .to_dense())"
+        )
     return value
+
+
+def check_constants(**arguments: object) -> None:
+    """The losses differentiate with respect to ``input`` only. A tensor argument that
+    requires grad (soft targets from a model that is being trained, learnable weights) would
+    silently get no gradient, so it is an error while grad mode is on."""
+    if not torch.is_grad_enabled():
+        return
+    for name, value in arguments.items():
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            raise ValueError(
+                f"{name}: expected a tensor that does not require grad (the loss is "
+                f"differentiated with respect to input only), got one with requires_grad=True; "
+                f"pass {name}.detach(), or compute it under torch.no_grad()"
+            )
 
 
 def check_ignore_index(ignore_index: int | None) -> None:
@@ -164,18 +185,21 @@ def check_class_range(
         )
 
 
-def check_unit_range(name: str, target: Tensor) -> None:
-    """Float labels must lie in [0, 1] (a value check: one read of the tensor)."""
+def check_unit_range(name: str, target: Tensor, what: str = "float labels") -> None:
+    """Float labels or probabilities must lie in [0, 1] (a value check: one read)."""
     if not value_checks_enabled() or target.numel() == 0:
         return
     low, high = (float(v) for v in torch.aminmax(target))
     if not (low >= 0.0 and high <= 1.0):  # NaN fails too
         bad = low if not low >= 0.0 else high
-        raise ValueError(f"{name}: float labels must lie in [0, 1], got {bad}")
+        raise ValueError(f"{name}: {what} must lie in [0, 1], got {bad}")
 
 
-def broadcast_weight(name: str, value: Tensor | None, input: Tensor) -> Tensor | None:
-    """A weight tensor broadcast to the input's shape as a view, as BCE-with-logits does."""
+def broadcast_weight(
+    name: str, value: Tensor | None, input: Tensor, dtype: torch.dtype
+) -> Tensor | None:
+    """A weight tensor in ``dtype`` (the computation's), broadcast to the input's shape as a
+    view, as BCE-with-logits does."""
     if value is None:
         return None
     if not isinstance(value, Tensor):
@@ -196,7 +220,7 @@ def broadcast_weight(name: str, value: Tensor | None, input: Tensor) -> Tensor |
         bad = ~(value >= 0) | ~torch.isfinite(value)
         if bool(bad.any()):
             raise ValueError(f"{name}: expected finite values >= 0, got {value[bad][0].item()}")
-    return value.detach().expand(input.shape)
+    return value.detach().to(dtype).expand(input.shape)
 
 
 def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dtype) -> Tensor:

@@ -57,7 +57,13 @@ def focal_loss(
     form together with the loss; it is finite for every ``gamma >= 0`` and logits up to
     ``+-1e4`` in float32, float16 and bfloat16. Half-precision inputs are computed in float32:
     the loss is float32, the input gradient has the input's dtype. Double backward is not
-    supported (it raises).
+    supported (it raises); only ``input`` is differentiated (a ``target``, ``weight`` or
+    ``alpha`` that requires grad is an error while grad mode is on).
+
+    Non-finite logits: NaN anywhere in a position, or ``+inf``, gives NaN loss and gradient
+    for that position only (as ``F.cross_entropy``); ``-inf`` masks a class (finite, unless
+    the target puts mass on it: ``+inf``); ignored positions get 0 and an exact 0 gradient
+    whatever their logits hold.
 
     Args:
         input: logits ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; the class dimension is 1
@@ -114,6 +120,7 @@ def focal_loss(
             "input: expected logits of shape (C), (N, C) or (N, C, d1, ...), got a 0-d tensor"
         )
     V.check_same_device("target", target, input)
+    V.check_constants(target=target, alpha=alpha, weight=weight)
     check_backend(backend)
     V.check_sync_normalizer(sync_normalizer, reduction)
 
@@ -143,6 +150,7 @@ def focal_loss(
                 f"ignore_index: not supported with probability targets (as in F.cross_entropy); "
                 f"expected -100 (the default) or None, got {ignore_index}"
             )
+        V.check_unit_range("target", target, "class probabilities")
         ignored = None
         divisor: Tensor | None = torch.tensor(
             float(target.numel() // num_classes), dtype=compute_dtype, device=input.device
@@ -408,6 +416,10 @@ def sigmoid_focal_loss(
     The gradient is exact and finite for every ``gamma >= 0`` and logits up to ``+-1e4`` in
     float32/float16/bfloat16 (torchvision's is NaN for ``0 < gamma < 1`` once logits saturate).
     Half inputs are computed in float32; the loss is float32, the gradient the input's dtype.
+    Only ``input`` is differentiated: other tensors that require grad are an error while grad
+    mode is on. A NaN logit gives NaN loss and gradient for that element only; ``+-inf`` logits
+    are outside the domain (inf or NaN there, as in BCE-with-logits); ignored positions get 0
+    and an exact 0 gradient whatever their logits hold.
 
     Args:
         input: logits of any shape: ``(N, C, *)`` per-class outputs, or ``(N,)``/``(N, *)``
@@ -460,6 +472,9 @@ def sigmoid_focal_loss(
     if not input.is_floating_point():
         raise TypeError(f"input: expected floating-point logits, got dtype {input.dtype}")
     V.check_same_device("target", target, input)
+    V.check_constants(
+        target=target, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer
+    )
     check_backend(backend)
     V.check_sync_normalizer(sync_normalizer, reduction)
     V.check_normalizer_reduction(normalizer, reduction)
@@ -492,8 +507,8 @@ def sigmoid_focal_loss(
 
     options = SigmoidOptions(
         alpha=_sigmoid_alpha(alpha, input, compute_dtype),
-        weight=V.broadcast_weight("weight", weight, input),
-        pos_weight=V.broadcast_weight("pos_weight", pos_weight, input),
+        weight=V.broadcast_weight("weight", weight, input, compute_dtype),
+        pos_weight=V.broadcast_weight("pos_weight", pos_weight, input, compute_dtype),
         gamma=gamma,
         detach_modulator=detach_modulator,
         compute_dtype=compute_dtype,

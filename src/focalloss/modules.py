@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from numbers import Real
@@ -16,12 +17,14 @@ from .functional import focal_loss, sigmoid_focal_loss
 __all__ = ["FocalLoss", "SigmoidFocalLoss"]
 
 
-def _as_buffer(name: str, value: Sequence[float] | Tensor | None) -> Tensor | None:
+def _as_buffer(
+    name: str, value: Sequence[float] | Tensor | None, upper: float = math.inf
+) -> Tensor | None:
     """Per-class configuration as a 1-D float tensor (a buffer: it follows ``.to()``).
 
     A tensor keeps its floating dtype (integer tensors become float32); a sequence of Python
     numbers becomes float64, so no factor is rounded before the loss converts it to the
-    computation's dtype.
+    computation's dtype. Values must be finite, in ``[0, upper]`` (checked once, here).
     """
     if value is None:
         return None
@@ -39,8 +42,16 @@ def _as_buffer(name: str, value: Sequence[float] | Tensor | None) -> Tensor | No
         )
     if tensor.dim() != 1:
         raise ValueError(
-            f"{name}: expected a 1-D tensor of per-class factors, got shape {tuple(tensor.shape)}"
+            f"{name}: expected one factor per class (a 1-D tensor), got shape {tuple(tensor.shape)}"
         )
+    if tensor.device.type == "meta" or not V.value_checks_enabled():
+        return tensor
+    bad = ~(tensor >= 0) | ~torch.isfinite(tensor)  # the same messages as the functions'
+    if bool(bad.any()):
+        raise ValueError(f"{name}: expected finite values >= 0, got {tensor[bad][0].item()}")
+    if bool((tensor > upper).any()):
+        high = tensor.max().item()
+        raise ValueError(f"{name}: per-class factors must lie in [0, {upper:g}], got {high}")
     return tensor
 
 
@@ -221,10 +232,18 @@ class SigmoidFocalLoss(nn.Module):
                 V.check_unit_interval("alpha", alpha)
             self.alpha = None if alpha is None else float(alpha)
         else:
-            self.register_buffer("alpha", _as_buffer("alpha", alpha))
+            self.register_buffer("alpha", _as_buffer("alpha", alpha, upper=1.0))
         for name, value in (("weight", weight), ("pos_weight", pos_weight)):
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
+            if value is not None and not value.is_floating_point():
+                raise TypeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+            checked = value is not None and value.device.type != "meta"
+            if checked and V.value_checks_enabled():
+                bad = ~(value >= 0) | ~torch.isfinite(value)
+                if bool(bad.any()):
+                    first = value[bad][0].item()
+                    raise ValueError(f"{name}: expected finite values >= 0, got {first}")
             self.register_buffer(name, None if value is None else value.detach().clone())
 
     def forward(
