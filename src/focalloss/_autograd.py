@@ -11,8 +11,16 @@ a ``gradient(scale)`` method that builds it (see ``HardGradParts``). Backward on
   through the same graph (``retain_graph=True``) recomputes it from the saved inputs;
 * under ``torch.compile`` nothing is mutated: the gradient (or its parts) is saved and scaled.
 
-Double backward (``create_graph=True``) raises: the closed-form gradient is not differentiable
-again here.
+Where a graph of the gradient itself is needed, the loss is recomputed from a differentiable
+composite of plain PyTorch operations (``compute.composite``, see ``focalloss._reference``):
+
+* double backward (``create_graph=True``: gradient penalties, Hessian-vector products):
+  backward differentiates the composite at the saved input, with ``create_graph``;
+* ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ``hessian``): the composite runs
+  instead of this Function, so the transforms see ordinary operations.
+
+Under ``torch.compile``, PyTorch itself rejects double backward ("aot_autograd does not
+currently support double backward").
 """
 
 from __future__ import annotations
@@ -23,12 +31,6 @@ import torch
 from torch import Tensor
 
 from . import _triton
-
-NO_DOUBLE_BACKWARD = (
-    "focalloss: double backward (create_graph=True through the loss) is not supported: the "
-    "gradient is computed in closed form, and differentiating it again is not implemented. "
-    "Compute the loss without create_graph, or use a plain-PyTorch composite for that term."
-)
 
 # How grad_output lines up with the gradient: a scalar, one value per position (the class
 # dimension 1 is inserted), or one value per element.
@@ -56,9 +58,15 @@ class ClosedFormLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
-        if torch.is_grad_enabled():
-            raise RuntimeError(NO_DOUBLE_BACKWARD)
         nones = (None,) * (ctx.nargs + 2)
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that has a graph
+            ctx.grad = None
+            input, *tensors = ctx.saved_tensors
+            it = iter(tensors)
+            args = [next(it) if c is _SAVED else c for c in ctx.constants]
+            loss = ctx.compute.composite(input, *args)
+            (grad,) = torch.autograd.grad(loss, input, grad_output, create_graph=True)
+            return (*nones[:2], grad, *nones[2:])
         scale = grad_output.unsqueeze(1) if ctx.layout == PER_POSITION else grad_output
         if torch.compiler.is_compiling():
             if ctx.parts_type is not None:
@@ -87,8 +95,16 @@ class ClosedFormLoss(torch.autograd.Function):
         return (*nones[:2], grad, *nones[2:])
 
 
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, ...) is running."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def apply_loss(compute: Callable, layout: str, input: Tensor, *args) -> Tensor:
-    """The loss of ``compute``, through autograd only when a gradient can be needed."""
+    """The loss of ``compute``, through autograd only when a gradient can be needed; under a
+    ``torch.func`` transform, the differentiable composite (``compute.composite``)."""
+    if functorch_active():
+        return compute.composite(input, *args)
     if torch.is_grad_enabled() and input.requires_grad:
         return ClosedFormLoss.apply(compute, layout, input, *args)
     loss, _ = compute(input, *args, need_grad=False)

@@ -585,3 +585,102 @@ def _sigmoid_index_terms(
     grad_t = grad_t.neg_() if wm_t is None else grad_t.mul_(wm_t).neg_()
     grad.scatter_(1, idx, torch.where(pos, grad_t, grad.gather(1, idx)))
     return loss, grad
+
+
+# --------------------------------------------------------------------------------------------
+# Differentiable composites: the same losses from plain autograd operations
+# --------------------------------------------------------------------------------------------
+#
+# The closed-form paths above compute the gradient themselves, which autograd cannot
+# differentiate again. These composites state the same loss with ordinary differentiable
+# operations, for what needs a graph of the gradient: double backward (create_graph=True,
+# gradient penalties, Hessian-vector products) and torch.func transforms (grad, jacrev,
+# hessian, vmap). They cost several logits-sized buffers; the training path never uses them.
+#
+# One numerical point: the derivative of u ** gamma is infinite at u = 0 for 0 < gamma < 1.
+# The focal term multiplies it by -log p, which vanishes there, so the exact first derivative
+# is finite; ``_focal_modulator`` gives autograd a zero derivative at u = 0 exactly, and a
+# finite base everywhere (the "double where"), so that the first derivative equals the closed
+# form's. Second derivatives there are genuinely infinite for 0 < gamma < 1.
+
+
+def _focal_modulator(u: Tensor, gamma: float, detach: bool) -> Tensor | None:
+    """``u ** gamma`` (None for gamma = 0), with a finite derivative where ``u = 0``."""
+    if gamma == 0.0:
+        return None
+    positive = u > 0
+    base = torch.where(positive, u, torch.ones_like(u))
+    m = torch.where(positive, base.pow(gamma), torch.zeros_like(u))
+    return m.detach() if detach else m
+
+
+def _one_hot(target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``(N, *)`` indices -> ``(N, C, *)`` one-hot by comparison (``F.one_hot`` reads the
+    values to check them, which ``vmap`` does not allow)."""
+    classes = _class_view(torch.arange(num_classes, device=target.device), target.dim() + 1)
+    return (target.unsqueeze(1) == classes).to(dtype)
+
+
+def _reduce_composite(loss: Tensor, grad_scale: Tensor | None, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total * grad_scale if reduction == "mean" else total
+
+
+def softmax_focal_composite(
+    input: Tensor,
+    target: Tensor,
+    class_coef: Tensor | None,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    gamma: float,
+    label_smoothing: float,
+    detach_modulator: bool,
+    reduction: str,
+) -> Tensor:
+    """The softmax focal loss, reduced, from differentiable operations (arguments as for the
+    closed-form path: ``target`` holds a valid class at ignored positions)."""
+    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    lp = torch.log_softmax(input.to(dtype), dim=1)
+    num_classes = lp.shape[1]
+    q = target.to(dtype) if target.is_floating_point() else _one_hot(target, num_classes, dtype)
+    if label_smoothing != 0.0:
+        q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+    if class_coef is not None:
+        q = q * _class_view(class_coef.to(dtype), lp.dim())
+    m = _focal_modulator(-torch.expm1(lp), gamma, detach_modulator)
+    terms = q * lp if m is None else q * m * lp
+    loss = -terms.sum(1)
+    if ignored is not None:
+        loss = torch.where(ignored, torch.zeros_like(loss), loss)
+    return _reduce_composite(loss, grad_scale, reduction)
+
+
+def sigmoid_focal_composite(
+    input: Tensor,
+    target: Tensor,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    options: SigmoidOptions,
+    reduction: str,
+) -> Tensor:
+    """The sigmoid focal loss, reduced, from differentiable operations (arguments as for the
+    closed-form path: index targets hold C, the background, at ignored positions)."""
+    x = input.to(options.compute_dtype)
+    index = target.dtype == torch.int64  # class C (background) matches no output
+    t = _one_hot(target, x.shape[1], x.dtype) if index else target.to(x.dtype)
+    # BCE from softplus terms, not F.binary_cross_entropy_with_logits: its backward,
+    # sigmoid(x) - t, cancels to 0 for saturated x, where the exact derivative is 1 - p.
+    positive = F.softplus(-x) if options.pos_weight is None else options.pos_weight * F.softplus(-x)
+    ce = t * positive + (1.0 - t) * F.softplus(x)
+    u = t * torch.sigmoid(-x) + (1.0 - t) * torch.sigmoid(x)  # 1 - p_t
+    m = _focal_modulator(u, options.gamma, options.detach_modulator)
+    loss = ce if m is None else m * ce
+    if options.alpha is not None:
+        loss = (options.alpha * t + (1.0 - options.alpha) * (1.0 - t)) * loss
+    if options.weight is not None:
+        loss = options.weight * loss
+    if ignored is not None:
+        loss = torch.where(ignored.unsqueeze(1), torch.zeros_like(loss), loss)
+    return _reduce_composite(loss, grad_scale, reduction)

@@ -50,8 +50,13 @@ def set_value_checks(enabled: bool) -> bool:
 
 
 def value_checks_enabled() -> bool:
-    """Whether checks that read tensor values run now (never while ``torch.compile`` traces)."""
-    return _value_checks and not torch.compiler.is_compiling()
+    """Whether checks that read tensor values run now (never while ``torch.compile`` traces,
+    nor under ``torch.func`` transforms, where a value read is not allowed under ``vmap``)."""
+    return (
+        _value_checks
+        and not torch.compiler.is_compiling()
+        and torch._C._functorch.peek_interpreter_stack() is None
+    )
 
 
 def check_reduction(reduction: str) -> None:

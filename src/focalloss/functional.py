@@ -10,7 +10,13 @@ from torch import Tensor
 from . import _validation as V
 from ._autograd import PER_ELEMENT, PER_POSITION, SCALAR, apply_loss
 from ._backend import check_backend, choose
-from ._reference import SigmoidOptions, sigmoid_focal_forward, softmax_focal_forward
+from ._reference import (
+    SigmoidOptions,
+    sigmoid_focal_composite,
+    sigmoid_focal_forward,
+    softmax_focal_composite,
+    softmax_focal_forward,
+)
 from .distributed import global_divisor
 
 __all__ = ["focal_loss", "sigmoid_focal_loss"]
@@ -56,9 +62,10 @@ def focal_loss(
     The gradient is the exact derivative (through ``(1 - p_t)^gamma`` too), computed in closed
     form together with the loss; it is finite for every ``gamma >= 0`` and logits up to
     ``+-1e4`` in float32, float16 and bfloat16. Half-precision inputs are computed in float32:
-    the loss is float32, the input gradient has the input's dtype. Double backward is not
-    supported (it raises); only ``input`` is differentiated (a ``target``, ``weight`` or
-    ``alpha`` that requires grad is an error while grad mode is on).
+    the loss is float32, the input gradient has the input's dtype. Double backward
+    (``create_graph=True``) and ``torch.func`` transforms run on a differentiable composite of
+    the same loss (slower; see ``focalloss._autograd``). Only ``input`` is differentiated (a
+    ``target``, ``weight`` or ``alpha`` that requires grad is an error while grad mode is on).
 
     Non-finite logits: NaN anywhere in a position, or ``+inf``, gives NaN loss and gradient
     for that position only (as ``F.cross_entropy``); ``-inf`` masks a class (finite, unless
@@ -641,3 +648,51 @@ def _sigmoid_focal_loss_triton(
 # a host synchronisation (see focalloss._autograd).
 _softmax_focal_loss_triton.scale_in_kernel = True  # type: ignore[attr-defined]
 _sigmoid_focal_loss_triton.scale_in_kernel = True  # type: ignore[attr-defined]
+
+
+# Differentiable composites with each compute function's arguments, for double backward and
+# torch.func transforms (see focalloss._autograd).
+def _softmax_triton_composite(
+    input: Tensor,
+    target: Tensor,
+    class_coef: Tensor | None,
+    grad_scale: Tensor | None,
+    gamma: float,
+    label_smoothing: float,
+    ignore_index: int,
+    has_ignore: bool,
+    detach_modulator: bool,
+    reduction: str,
+) -> Tensor:
+    target = target.long()
+    ignored = target == ignore_index if has_ignore else None
+    if ignored is not None:
+        target = target.masked_fill(ignored, 0)
+    return softmax_focal_composite(
+        input, target, class_coef, ignored, grad_scale, gamma, label_smoothing,
+        detach_modulator, reduction,
+    )  # fmt: skip
+
+
+def _sigmoid_triton_composite(
+    input: Tensor,
+    target: Tensor,
+    grad_scale: Tensor | None,
+    options: SigmoidOptions,
+    ignore_index: int,
+    has_ignore: bool,
+    reduction: str,
+) -> Tensor:
+    ignored = None
+    if not target.is_floating_point():
+        target = target.long()
+        if has_ignore:
+            ignored = target == ignore_index
+            target = target.masked_fill(ignored, input.shape[1])
+    return sigmoid_focal_composite(input, target, ignored, grad_scale, options, reduction)
+
+
+_softmax_focal_loss.composite = softmax_focal_composite  # type: ignore[attr-defined]
+_sigmoid_focal_loss.composite = sigmoid_focal_composite  # type: ignore[attr-defined]
+_softmax_focal_loss_triton.composite = _softmax_triton_composite  # type: ignore[attr-defined]
+_sigmoid_focal_loss_triton.composite = _sigmoid_triton_composite  # type: ignore[attr-defined]

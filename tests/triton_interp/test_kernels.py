@@ -242,3 +242,25 @@ def test_compiled_training_step_with_custom_ops(device):
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(xc.grad, xe.grad)
     torch._dynamo.reset()
+
+
+def test_double_backward_and_func_grad_with_the_kernels(device):
+    # The first derivative comes from the kernel (plain backward) or from the composite
+    # (create_graph, torch.func): the two must agree, and gradgradcheck must pass.
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 4, 2, generator=g, dtype=torch.float64).to(device)
+    t = _index_target(x.shape, 4, device, frac=0.3)
+    ts = torch.randint(-1, 5, (3, 2), generator=g).to(device)
+    calls = [
+        lambda z: focal_loss(
+            z, t, gamma=0.5, ignore_index=255, label_smoothing=0.1, backend="triton"
+        ),
+        lambda z: sigmoid_focal_loss(z, ts, ignore_index=-1, reduction="sum", backend="triton"),
+    ]
+    for call in calls:
+        leaf = x.clone().requires_grad_()
+        (with_graph,) = torch.autograd.grad(call(leaf), leaf, create_graph=True)
+        (kernel,) = torch.autograd.grad(call(leaf), leaf)
+        torch.testing.assert_close(with_graph, kernel, **TOL[torch.float64])
+        torch.testing.assert_close(torch.func.grad(call)(x), kernel, **TOL[torch.float64])
+        assert torch.autograd.gradgradcheck(call, leaf)
