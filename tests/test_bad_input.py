@@ -382,6 +382,36 @@ CASES = [
         True,
     ),
     (
+        "softmax sparse weight",
+        "softmax",
+        X,
+        T,
+        dict(weight=torch.ones(3).to_sparse()),
+        TypeError,
+        r"weight: expected a dense \(strided\) tensor, got layout torch.sparse_coo",
+        True,
+    ),
+    (
+        "sigmoid sparse pos_weight",
+        "sigmoid",
+        X,
+        L,
+        dict(pos_weight=torch.ones(5).to_sparse()),
+        TypeError,
+        r"pos_weight: expected a dense \(strided\) tensor",
+        True,
+    ),
+    (
+        "sigmoid sparse normalizer",
+        "sigmoid",
+        X,
+        L,
+        dict(normalizer=torch.tensor(2.0).to_sparse()),
+        TypeError,
+        r"normalizer: expected a dense \(strided\) tensor",
+        True,
+    ),
+    (
         "sigmoid detach type",
         "sigmoid",
         X,
@@ -450,6 +480,19 @@ def test_module_construction_checks_values_once():
         SigmoidFocalLoss(pos_weight=torch.tensor([1.0, -2.0]))
     with pytest.raises(TypeError, match=r"weight: expected a floating-point tensor"):
         SigmoidFocalLoss(weight=torch.ones(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"normalizer: expected a finite number >= 0, got -1.0"):
+        SigmoidFocalLoss(normalizer=-1)
+
+
+def test_meta_tensors_give_shapes_without_reading_values():
+    # Shape inference on the meta device: the value checks are skipped there (nothing to read).
+    x = torch.empty(2, 3, 4, 4, device="meta")
+    t = torch.empty(2, 4, 4, dtype=torch.long, device="meta")
+    assert focal_loss(x, t, reduction="none").shape == (2, 4, 4)
+    assert focal_loss(x, t, weight=torch.ones(3, device="meta")).shape == ()
+    labels = torch.empty(2, 3, 4, 4, device="meta")
+    out = sigmoid_focal_loss(x, labels, reduction="none")
+    assert out.shape == x.shape and out.device.type == "meta"
 
 
 # --------------------------------------------------------------------------------------------

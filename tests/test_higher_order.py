@@ -192,3 +192,53 @@ def test_detached_modulator_is_a_constant_to_every_order():
     (g_ref,) = torch.autograd.grad(seed_style(y), y, create_graph=True)
     (gg_ref,) = torch.autograd.grad(g_ref.square().sum(), y)
     torch.testing.assert_close(gg, gg_ref)
+
+
+def test_composite_keeps_the_non_finite_logit_guarantees():
+    # -inf masking and garbage at ignored positions behave as in the closed form, also under
+    # create_graph and torch.func (no NaN from 0 * -inf, exact zeros where ignored).
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor([[2.0, -inf, 0.5], [0.1, 0.2, 0.3], [nan, inf, 1.0]], dtype=torch.float64)
+    t = torch.tensor([0, 2, 255])
+    kwargs = dict(gamma=0.5, ignore_index=255, reduction="sum")
+    leaf = x.clone().requires_grad_()
+    (closed,) = torch.autograd.grad(focal_loss(leaf, t, **kwargs), leaf)
+    assert bool(torch.isfinite(closed).all()) and not bool(closed[2].any())
+    (with_graph,) = torch.autograd.grad(focal_loss(leaf, t, **kwargs), leaf, create_graph=True)
+    torch.testing.assert_close(with_graph, closed, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.func.grad(lambda z: focal_loss(z, t, **kwargs))(x), closed)
+    per_row = torch.vmap(lambda z, c: focal_loss(z[None], c[None], **kwargs))(x, t)
+    torch.testing.assert_close(per_row, focal_loss(x, t, **{**kwargs, "reduction": "none"}))
+
+    xs = torch.tensor([[nan, inf], [0.3, -0.2]], dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([-1, 1])
+    (closed,) = torch.autograd.grad(sigmoid_focal_loss(xs, ts, ignore_index=-1), xs)
+    (with_graph,) = torch.autograd.grad(
+        sigmoid_focal_loss(xs, ts, ignore_index=-1), xs, create_graph=True
+    )
+    assert not bool(with_graph[0].any())
+    torch.testing.assert_close(with_graph, closed, rtol=1e-12, atol=0)
+
+
+def test_value_checks_still_run_under_func_grad():
+    # Only vmap forbids reading values; under grad an out-of-range class is still an error.
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 3\)"):
+        torch.func.grad(lambda z: focal_loss(z, torch.tensor([5, 1])))(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_vectorised_jacobian_equals_the_loop(reduction):
+    # autograd.functional.jacobian(vectorize=True) sends a batch of grad_outputs through the
+    # closed-form backward (is_grads_batched): it must equal the one-row-at-a-time Jacobian.
+    x = XS[:, :, 0].clone()
+    for fn, target in ((focal_loss, torch.tensor([0, 1, 3])), (sigmoid_focal_loss, INDEX[:, 0])):
+        kw = dict(reduction=reduction)
+        if fn is sigmoid_focal_loss:
+            kw["ignore_index"] = -1
+
+        def call(z, fn=fn, target=target, kw=kw):
+            return fn(z, target, **kw)
+
+        vectorised = torch.autograd.functional.jacobian(call, x, vectorize=True)
+        looped = torch.autograd.functional.jacobian(call, x)
+        torch.testing.assert_close(vectorised, looped, rtol=1e-12, atol=1e-15)

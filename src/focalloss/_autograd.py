@@ -15,7 +15,7 @@ Where a graph of the gradient itself is needed, the loss is recomputed from a di
 composite of plain PyTorch operations (``compute.composite``, see ``focalloss._reference``):
 
 * double backward (``create_graph=True``: gradient penalties, Hessian-vector products):
-  backward differentiates the composite at the saved input, with ``create_graph``;
+  backward differentiates the composite at the saved input;
 * ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ``hessian``): the composite runs
   instead of this Function, so the transforms see ordinary operations.
 
@@ -59,7 +59,7 @@ class ClosedFormLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         nones = (None,) * (ctx.nargs + 2)
-        if torch.is_grad_enabled():  # create_graph=True: a gradient that has a graph
+        if torch.is_grad_enabled():  # create_graph=True: the gradient needs a graph
             ctx.grad = None
             input, *tensors = ctx.saved_tensors
             it = iter(tensors)
@@ -80,6 +80,8 @@ class ClosedFormLoss(torch.autograd.Function):
             it = iter(tensors)
             args = [next(it) if c is _SAVED else c for c in ctx.constants]
             _, grad = ctx.compute(input, *args, need_grad=True)
+        if _batched(grad_output):  # a batch of grad_outputs: scaled out of place
+            return (*nones[:2], grad * scale.to(grad.dtype), *nones[2:])
         kernels = _triton.loaded()
         if (
             kernels is not None
@@ -93,6 +95,14 @@ class ClosedFormLoss(torch.autograd.Function):
         elif not (grad_output.device.type == "cpu" and grad_output.item() == 1.0):
             grad.mul_(grad_output.to(grad.dtype))
         return (*nones[:2], grad, *nones[2:])
+
+
+def _batched(grad_output: Tensor) -> bool:
+    """A batch of ``grad_output`` (``autograd.grad(is_grads_batched=True)``, vectorised
+    Jacobians, ``vmap`` over a vjp) arrives as a batching wrapper, which the in-place update of
+    an unbatched buffer, or a read of its value, cannot take. Only the dispatch keys tell (the
+    legacy batching key has no Python name)."""
+    return "Batched" in str(torch._C._dispatch_keys(grad_output))
 
 
 def functorch_active() -> bool:

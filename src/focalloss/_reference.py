@@ -642,18 +642,25 @@ def softmax_focal_composite(
     """The softmax focal loss, reduced, from differentiable operations (arguments as for the
     closed-form path: ``target`` holds a valid class at ignored positions)."""
     dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    lp = torch.log_softmax(input.to(dtype), dim=1)
+    x = input.to(dtype)
+    if ignored is not None:  # whatever ignored positions hold (NaN, inf) must not reach autograd
+        x = torch.where(ignored.unsqueeze(1), 0.0, x)
+    lp = torch.log_softmax(x, dim=1)
     num_classes = lp.shape[1]
     q = target.to(dtype) if target.is_floating_point() else _one_hot(target, num_classes, dtype)
     if label_smoothing != 0.0:
         q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
     if class_coef is not None:
         q = q * _class_view(class_coef.to(dtype), lp.dim())
+    # A class without target mass contributes 0, also where it is masked with a -inf logit
+    # (0 * -inf would be NaN): log p is replaced there before the product, so that no NaN
+    # reaches the backward pass either.
+    lp_used = torch.where(q != 0, lp, 0.0)
     m = _focal_modulator(-torch.expm1(lp), gamma, detach_modulator)
-    terms = q * lp if m is None else q * m * lp
+    terms = q * lp_used if m is None else q * m * lp_used
     loss = -terms.sum(1)
     if ignored is not None:
-        loss = torch.where(ignored, torch.zeros_like(loss), loss)
+        loss = torch.where(ignored, 0.0, loss)
     return _reduce_composite(loss, grad_scale, reduction)
 
 
@@ -668,6 +675,8 @@ def sigmoid_focal_composite(
     """The sigmoid focal loss, reduced, from differentiable operations (arguments as for the
     closed-form path: index targets hold C, the background, at ignored positions)."""
     x = input.to(options.compute_dtype)
+    if ignored is not None:  # whatever ignored positions hold (NaN, inf) must not reach autograd
+        x = torch.where(ignored.unsqueeze(1), 0.0, x)
     index = target.dtype == torch.int64  # class C (background) matches no output
     t = _one_hot(target, x.shape[1], x.dtype) if index else target.to(x.dtype)
     # BCE from softplus terms, not F.binary_cross_entropy_with_logits: its backward,
@@ -682,5 +691,5 @@ def sigmoid_focal_composite(
     if options.weight is not None:
         loss = options.weight * loss
     if ignored is not None:
-        loss = torch.where(ignored.unsqueeze(1), torch.zeros_like(loss), loss)
+        loss = torch.where(ignored.unsqueeze(1), 0.0, loss)
     return _reduce_composite(loss, grad_scale, reduction)

@@ -50,13 +50,19 @@ def set_value_checks(enabled: bool) -> bool:
 
 
 def value_checks_enabled() -> bool:
-    """Whether checks that read tensor values run now (never while ``torch.compile`` traces,
-    nor under ``torch.func`` transforms, where a value read is not allowed under ``vmap``)."""
-    return (
-        _value_checks
-        and not torch.compiler.is_compiling()
-        and torch._C._functorch.peek_interpreter_stack() is None
-    )
+    """Whether checks that read tensor values run now: never while ``torch.compile`` traces,
+    nor under ``torch.func.vmap``, where a tensor's value cannot be read."""
+    return _value_checks and not torch.compiler.is_compiling() and not _vmapping()
+
+
+def _vmapping() -> bool:
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    return any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack)
+
+
+def reads_values(value: Tensor) -> bool:
+    """Whether to run a value check on ``value`` now (not on meta tensors, which hold none)."""
+    return value_checks_enabled() and value.device.type != "meta" and value.numel() > 0
 
 
 def check_reduction(reduction: str) -> None:
@@ -98,7 +104,9 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
 def check_constants(**arguments: object) -> None:
     """The losses differentiate with respect to ``input`` only. A tensor argument that
     requires grad (soft targets from a model that is being trained, learnable weights) would
-    silently get no gradient, so it is an error while grad mode is on."""
+    get no gradient, or one from a path that is not meant for it, so it is an error while grad
+    mode is on (also when ``input`` does not require grad: detach the tensor, or evaluate
+    under ``torch.no_grad()``)."""
     if not torch.is_grad_enabled():
         return
     for name, value in arguments.items():
@@ -134,6 +142,7 @@ def class_vector(
 ) -> torch.Tensor:
     """Turn a per-class sequence or 1-D tensor into a checked ``(C,)`` tensor of ``dtype``."""
     if isinstance(value, torch.Tensor):
+        check_tensor(name, value)
         check_same_device(name, value, input)
         if value.dtype == torch.bool or not (value.is_floating_point() or _is_integer(value)):
             raise TypeError(f"{name}: expected a real-valued tensor, got dtype {value.dtype}")
@@ -152,7 +161,7 @@ def class_vector(
             f"{name}: expected one factor per class, shape ({num_classes},), "
             f"got shape {tuple(tensor.shape)}"
         )
-    if value_checks_enabled():
+    if reads_values(tensor):
         bad = ~(tensor >= 0) | ~torch.isfinite(tensor)
         if bool(bad.any()):
             first = tensor[bad][0].item()
@@ -177,7 +186,7 @@ def check_class_range(
     ``target`` must already hold a valid class at ignored positions (the callers replace
     ``ignore_index`` before calling), so one ``aminmax`` and one host read check everything.
     """
-    if not value_checks_enabled() or target.numel() == 0:
+    if not reads_values(target):
         return
     low, high = (int(v) for v in torch.aminmax(target))
     if low < 0 or high >= upper:
@@ -192,7 +201,7 @@ def check_class_range(
 
 def check_unit_range(name: str, target: Tensor, what: str = "float labels") -> None:
     """Float labels or probabilities must lie in [0, 1] (a value check: one read)."""
-    if not value_checks_enabled() or target.numel() == 0:
+    if not reads_values(target):
         return
     low, high = (float(v) for v in torch.aminmax(target))
     if not (low >= 0.0 and high <= 1.0):  # NaN fails too
@@ -209,6 +218,7 @@ def broadcast_weight(
         return None
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
+    check_tensor(name, value)
     check_same_device(name, value, input)
     if not value.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
@@ -221,7 +231,7 @@ def broadcast_weight(
             f"{name}: expected a shape that broadcasts to the input's {tuple(input.shape)} "
             f"(as in F.binary_cross_entropy_with_logits), got {tuple(value.shape)}"
         )
-    if value_checks_enabled() and value.numel() > 0:
+    if reads_values(value):
         bad = ~(value >= 0) | ~torch.isfinite(value)
         if bool(bad.any()):
             raise ValueError(f"{name}: expected finite values >= 0, got {value[bad][0].item()}")
@@ -232,16 +242,20 @@ def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dty
     """The divisor of a normalised mean as a tensor: >= 0 and finite (the caller clamps it
     to at least 1, after summing it over ranks when asked to)."""
     if isinstance(normalizer, Tensor):
+        check_tensor("normalizer", normalizer)
         check_same_device("normalizer", normalizer, input)
         if normalizer.dim() != 0:
             shape = tuple(normalizer.shape)
             raise ValueError(f"normalizer: expected a number or a 0-d tensor, got shape {shape}")
         value = normalizer.detach().to(dtype)
-        if value_checks_enabled():
-            number = value.item()
-            if not (number >= 0 and number < math.inf):
-                raise ValueError(f"normalizer: expected a finite number >= 0, got {number}")
+        if reads_values(value):
+            check_normalizer_number(value.item())
         return value
+    return torch.tensor(check_normalizer_number(normalizer), dtype=dtype, device=input.device)
+
+
+def check_normalizer_number(normalizer: object) -> float:
+    """A Python number given as ``normalizer``: finite and >= 0."""
     if isinstance(normalizer, bool) or not isinstance(normalizer, Real):
         raise TypeError(
             f"normalizer: expected a number or a 0-d tensor, got {type(normalizer).__name__}"
@@ -249,7 +263,7 @@ def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dty
     number = float(normalizer)
     if not (number >= 0 and number < math.inf):
         raise ValueError(f"normalizer: expected a finite number >= 0, got {number}")
-    return torch.tensor(number, dtype=dtype, device=input.device)
+    return number
 
 
 def check_normalizer_reduction(normalizer: object, reduction: str) -> None:

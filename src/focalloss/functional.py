@@ -423,10 +423,12 @@ def sigmoid_focal_loss(
     The gradient is exact and finite for every ``gamma >= 0`` and logits up to ``+-1e4`` in
     float32/float16/bfloat16 (torchvision's is NaN for ``0 < gamma < 1`` once logits saturate).
     Half inputs are computed in float32; the loss is float32, the gradient the input's dtype.
-    Only ``input`` is differentiated: other tensors that require grad are an error while grad
-    mode is on. A NaN logit gives NaN loss and gradient for that element only; ``+-inf`` logits
-    are outside the domain (inf or NaN there, as in BCE-with-logits); ignored positions get 0
-    and an exact 0 gradient whatever their logits hold.
+    Double backward (``create_graph=True``) and ``torch.func`` transforms run on a
+    differentiable composite of the same loss (slower). Only ``input`` is differentiated: other
+    tensors that require grad are an error while grad mode is on. A NaN logit gives NaN loss
+    and gradient for that element only; ``+-inf`` logits are outside the domain (inf or NaN
+    there, as in BCE-with-logits); ignored positions get 0 and an exact 0 gradient whatever
+    their logits hold.
 
     Args:
         input: logits of any shape: ``(N, C, *)`` per-class outputs, or ``(N,)``/``(N, *)``
@@ -584,7 +586,7 @@ def _sigmoid_alpha(
             f"{tuple(input.shape)}; pass a single number"
         )
     vector = V.class_vector("alpha", alpha, input.shape[1], input, dtype)
-    if V.value_checks_enabled() and bool((vector > 1).any()):
+    if V.reads_values(vector) and bool((vector > 1).any()):
         raise ValueError(f"alpha: per-class factors must lie in [0, 1], got {vector.max().item()}")
     return vector.view((1, -1) + (1,) * (input.dim() - 2))
 

@@ -29,7 +29,7 @@ def _as_buffer(
     if value is None:
         return None
     if isinstance(value, Tensor):
-        tensor = value.detach().clone()
+        tensor = V.check_tensor(name, value).detach().clone()
         if not tensor.is_floating_point():
             tensor = tensor.float()
     elif isinstance(value, Sequence) and not isinstance(value, str):
@@ -44,7 +44,7 @@ def _as_buffer(
         raise ValueError(
             f"{name}: expected one factor per class (a 1-D tensor), got shape {tuple(tensor.shape)}"
         )
-    if tensor.device.type == "meta" or not V.value_checks_enabled():
+    if not V.reads_values(tensor):
         return tensor
     bad = ~(tensor >= 0) | ~torch.isfinite(tensor)  # the same messages as the functions'
     if bool(bad.any()):
@@ -223,6 +223,8 @@ class SigmoidFocalLoss(nn.Module):
         self.ignore_index = ignore_index
         self.reduction = reduction
         V.check_normalizer_reduction(normalizer, reduction)
+        if normalizer is not None and not isinstance(normalizer, Tensor):
+            V.check_normalizer_number(normalizer)  # a tensor is checked at each call
         self.normalizer = normalizer
         if not isinstance(detach_modulator, bool):
             raise TypeError(f"detach_modulator: expected a bool, got {detach_modulator!r}")
@@ -236,10 +238,9 @@ class SigmoidFocalLoss(nn.Module):
         for name, value in (("weight", weight), ("pos_weight", pos_weight)):
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
-            if value is not None and not value.is_floating_point():
+            if value is not None and not V.check_tensor(name, value).is_floating_point():
                 raise TypeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
-            checked = value is not None and value.device.type != "meta"
-            if checked and V.value_checks_enabled():
+            if value is not None and V.reads_values(value):
                 bad = ~(value >= 0) | ~torch.isfinite(value)
                 if bool(bad.any()):
                     first = value[bad][0].item()
