@@ -36,6 +36,7 @@ passes), so the code below reuses buffers it owns with in-place operations.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -255,7 +256,7 @@ def _dense_forward(
         hard_ng = hard_k if hard_s is None else hard_s.mul_(hard_k)
     unfinished = None
     if ignored is not None:
-        unfinished = ignored & ~torch.isfinite(loss) if need_grad else None
+        unfinished = _nonfinite_ignored(loss, ignored) if need_grad else None
         loss.masked_fill_(ignored, 0.0)
     if not need_grad:
         return loss, None
@@ -286,6 +287,18 @@ def _dense_forward(
     if unfinished is not None:
         _zero_ignored_rows_(grad, unfinished)
     return loss, grad
+
+
+def _nonfinite_ignored(values: Tensor, ignored: Tensor) -> Tensor | None:
+    """Ignored positions whose per-position ``values`` are not finite (None: certainly none).
+
+    In eager mode on the CPU one reduction usually settles it: a finite sum means every value
+    is finite (inf - inf is NaN). Elsewhere the mask is built without reading it on the host.
+    """
+    eager_cpu = not torch.compiler.is_compiling() and values.device.type == "cpu"
+    if eager_cpu and math.isfinite(values.sum().item()):
+        return None
+    return ignored & ~torch.isfinite(values)
 
 
 def _zero_ignored_rows_(grad: Tensor, rows: Tensor) -> Tensor:
@@ -326,7 +339,9 @@ def _hard_forward(
     else:
         lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
         lp_t = lp.gather(1, index).squeeze(1)
-    unfinished = ignored & ~torch.isfinite(lp_t) if ignored is not None and need_grad else None
+    unfinished = None
+    if ignored is not None and need_grad:
+        unfinished = _nonfinite_ignored(lp_t, ignored)
     nl, s, q = hard_target_terms(lp_t, gamma, detach_modulator)
     coef = class_coef[target] if class_coef is not None else None
     loss = nl.neg_() if coef is None else nl.mul_(coef).neg_()

@@ -56,6 +56,8 @@ def value_checks_enabled() -> bool:
 
 
 def _vmapping() -> bool:
+    if torch._C._functorch.peek_interpreter_stack() is None:  # the common case, fast
+        return False
     stack = torch._C._functorch.get_interpreter_stack() or ()
     return any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack)
 
