@@ -264,3 +264,26 @@ def test_double_backward_and_func_grad_with_the_kernels(device):
         torch.testing.assert_close(with_graph, kernel, **TOL[torch.float64])
         torch.testing.assert_close(torch.func.grad(call)(x), kernel, **TOL[torch.float64])
         assert torch.autograd.gradgradcheck(call, leaf)
+
+
+@pytest.mark.parametrize("options", [dict(gamma=2.0), dict(gamma=0.5, label_smoothing=0.1)])
+def test_nonfinite_logits_as_the_pytorch_backend(options, device):
+    # NaN and +inf give NaN at their position, -inf masks a class, ignored positions give 0:
+    # the kernels follow the documented table (README "Non-finite logits") as the PyTorch path.
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor(
+        [[0.5, 1.0, -2.0], [nan, 0.0, 0.0], [inf, 0.0, 1.0], [-inf, 0.0, 1.0], [0.0, -inf, 2.0],
+         [nan, inf, -inf]], dtype=torch.float64,
+    ).to(device)  # fmt: skip
+    t = torch.tensor([0, 1, 2, 1, 1, 255]).to(device)
+    results = [_run(focal_loss, x, t, ignore_index=255, reduction="none", backend=b, **options)
+               for b in ("triton", "torch")]  # fmt: skip
+    for got, expected in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, expected, equal_nan=True, **TOL[torch.float64])
+    assert not bool(results[0][1][5].any())  # the ignored position: an exact zero gradient
+    xs = x[:, :2].clone()
+    ts = torch.tensor([0, 2, 1, -1, 0, -1]).to(device)
+    results = [_run(sigmoid_focal_loss, xs, ts, ignore_index=-1, reduction="none", backend=b)
+               for b in ("triton", "torch")]  # fmt: skip
+    for got, expected in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, expected, equal_nan=True, **TOL[torch.float64])

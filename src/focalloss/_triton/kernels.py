@@ -308,7 +308,10 @@ def _sigmoid_focal_fwd_kernel(
                 other=1.0,
             ).to(ACC)
             pw_t = pw * t
-        ce = pw_t * sp_pos + (1.0 - t) * sp_neg
+        if INDEX:  # t is exactly 0 or 1: pick the term (no 0 * inf for infinite logits)
+            ce = tl.where(t > 0.0, pw_t * sp_pos, sp_neg)
+        else:
+            ce = pw_t * sp_pos + (1.0 - t) * sp_neg
         u = (1.0 - t) * p + t * q
         wm = _modulator(u, gamma, GAMMA_ZERO)
         if ALPHA_MODE == 1:
