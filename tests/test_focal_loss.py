@@ -237,6 +237,28 @@ def test_layouts_are_read_in_place(kind):
         )
 
 
+@pytest.mark.parametrize("kind", ["index", "smoothed", "prob"])
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.channels_last_3d])
+def test_channels_last_gradient_keeps_the_input_layout(kind, memory_format):
+    # Classes innermost: computed over (positions, C) rows of a view, so the gradient has the
+    # input's strides (autograd then copies nothing into x.grad) and equals the reference.
+    g = torch.Generator().manual_seed(6)
+    shape = (2, 5, 3, 4) if memory_format == torch.channels_last else (2, 5, 3, 2, 4)
+    base = torch.randn(shape, generator=g, dtype=torch.float64)
+    x = base.contiguous(memory_format=memory_format).requires_grad_()
+    t = _prob_target(shape, g) if kind == "prob" else _index_target(shape, 255, g)
+    kw = dict(gamma=2.0, label_smoothing=0.1 if kind == "smoothed" else 0.0)
+    if kind != "prob":
+        kw["ignore_index"] = 255
+    out = focal_loss(x, t, reduction="none", **kw)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.stride() == x.stride()
+    xr = base.clone().requires_grad_()
+    ref = softmax_focal_ref(xr, t, reduction="none", **kw)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grad, _grad(ref, xr))
+
+
 def test_empty_batch_and_all_ignored_give_zero():
     for x, t in [
         (torch.randn(0, 4, requires_grad=True), torch.zeros(0, dtype=torch.long)),

@@ -124,6 +124,28 @@ def softmax_focal_forward(
         ``(loss, grad)``: loss ``(N, *)`` in ``compute_dtype``, 0 at ignored positions;
         grad ``(N, C, *)`` in ``compute_dtype`` or None.
     """
+    rows = input.movedim(1, -1)
+    if input.dim() > 2 and rows.is_contiguous() and not torch.compiler.is_compiling():
+        # Classes innermost in memory (channels_last and the like): the same computation over
+        # (positions, C) rows of a view reads the logits in place, and the gradient comes back
+        # in the input's layout (no copy by log_softmax, none by autograd for a leaf).
+        num_classes = input.shape[1]
+        probabilities = target.dim() == input.dim()
+        flat_target = target.movedim(1, -1) if probabilities else target
+        loss, grad = softmax_focal_forward(
+            rows.view(-1, num_classes),
+            flat_target.reshape((-1, num_classes) if probabilities else (-1,)),
+            class_coef=class_coef,
+            ignored=None if ignored is None else ignored.reshape(-1),
+            grad_scale=grad_scale,
+            gamma=gamma,
+            label_smoothing=label_smoothing,
+            detach_modulator=detach_modulator,
+            need_grad=need_grad,
+            compute_dtype=compute_dtype,
+        )
+        grad = None if grad is None else grad.view(rows.shape).movedim(-1, 1)
+        return loss.view(rows.shape[:-1]), grad
     if target.dtype == torch.int64 and label_smoothing == 0.0:
         return _hard_forward(
             input,
