@@ -212,21 +212,29 @@ def softmax_ignored_positions_do_not_matter(case: SoftmaxCase, seed: int, backen
     """Any logits at ignored positions (NaN and inf included) change neither the loss nor the
     other positions' gradients; their own gradient is exactly 0. Deleting them leaves "sum"
     and "mean" unchanged."""
-    ignored = case.t == IGNORE
+
+    def deleted(kept: Tensor, kw: dict) -> Tensor:
+        return focal_loss(_positions_last(case.x)[kept], case.t.reshape(-1)[kept], **kw)
+
+    _garbage_at_ignored_positions(
+        focal_loss, case, case.t == IGNORE, seed, backend, deleted
+    )  # fmt: skip
+
+
+def _garbage_at_ignored_positions(fn, case, ignored: Tensor, seed: int, backend: str, deleted):
+    """The shared body of the ignored-position properties; ``deleted(kept, kwargs)`` is the
+    loss of the same case with the ignored positions removed."""
     dirty_x = _with_garbage(case.x, ignored, seed)
     for reduction in ("none", "sum", "mean"):
         kw = case.kwargs(reduction=reduction, backend=backend)
-        clean, clean_grad = loss_and_grad(focal_loss, case.x, case.t, **kw)
-        dirty, dirty_grad = loss_and_grad(focal_loss, dirty_x, case.t, **kw)
+        clean, clean_grad = loss_and_grad(fn, case.x, case.t, **kw)
+        dirty, dirty_grad = loss_and_grad(fn, dirty_x, case.t, **kw)
         torch.testing.assert_close(dirty, clean, **TIGHT)
         mask = ignored.unsqueeze(1).expand_as(dirty_grad)
         assert bool((dirty_grad[mask] == 0).all()), "ignored positions must get a zero gradient"
         torch.testing.assert_close(dirty_grad[~mask], clean_grad[~mask], **GRAD)
         if reduction != "none":
-            kept = ~ignored.reshape(-1)
-            x_kept = _positions_last(case.x)[kept]
-            t_kept = case.t.reshape(-1)[kept]
-            torch.testing.assert_close(focal_loss(x_kept, t_kept, **kw), clean, **TIGHT)
+            torch.testing.assert_close(deleted(~ignored.reshape(-1), kw), clean, **TIGHT)
 
 
 def softmax_weight_scaling(case: SoftmaxCase, c: float, backend: str) -> None:
@@ -349,27 +357,20 @@ def sigmoid_finite_nonnegative_monotone(case: SigmoidCase, backend: str) -> None
 def sigmoid_ignored_positions_do_not_matter(case: SigmoidCase, seed: int, backend: str) -> None:
     """Index targets: garbage logits at ignored positions change nothing, their gradient is 0;
     deleting those positions leaves "sum" and "mean" unchanged."""
-    ignored = case.t == SIG_IGNORE
-    dirty_x = _with_garbage(case.x, ignored, seed)
-    for reduction in ("none", "sum", "mean"):
-        kw = case.kwargs(reduction=reduction, backend=backend)
-        clean, clean_grad = loss_and_grad(sigmoid_focal_loss, case.x, case.t, **kw)
-        dirty, dirty_grad = loss_and_grad(sigmoid_focal_loss, dirty_x, case.t, **kw)
-        torch.testing.assert_close(dirty, clean, **TIGHT)
-        mask = ignored.unsqueeze(1).expand_as(dirty_grad)
-        assert bool((dirty_grad[mask] == 0).all()), "ignored positions must get a zero gradient"
-        torch.testing.assert_close(dirty_grad[~mask], clean_grad[~mask], **GRAD)
-        if reduction != "none":
-            kept = ~ignored.reshape(-1)
-            weight, pos_weight = (
-                None if v is None else _positions_last(v.expand_as(case.x))[kept]
-                for v in (case.weight, case.pos_weight)
-            )
-            deleted = sigmoid_focal_loss(
-                _positions_last(case.x)[kept], case.t.reshape(-1)[kept],
-                **{**kw, "weight": weight, "pos_weight": pos_weight},
-            )  # fmt: skip
-            torch.testing.assert_close(deleted, clean, **TIGHT)
+
+    def deleted(kept: Tensor, kw: dict) -> Tensor:
+        weight, pos_weight = (
+            None if v is None else _positions_last(v.expand_as(case.x))[kept]
+            for v in (case.weight, case.pos_weight)
+        )
+        return sigmoid_focal_loss(
+            _positions_last(case.x)[kept], case.t.reshape(-1)[kept],
+            **{**kw, "weight": weight, "pos_weight": pos_weight},
+        )  # fmt: skip
+
+    _garbage_at_ignored_positions(
+        sigmoid_focal_loss, case, case.t == SIG_IGNORE, seed, backend, deleted
+    )  # fmt: skip
 
 
 def sigmoid_weight_scaling(case: SigmoidCase, c: float, backend: str) -> None:
