@@ -1,4 +1,5 @@
-"""The README's Python examples run as written."""
+"""Every Python example a user can copy, in the README and in the documentation pages
+(docs/**/*.md), runs as written."""
 
 from __future__ import annotations
 
@@ -7,14 +8,44 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [page for page in PAGES if "_build" not in page.parts]
+FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code):
-    exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
+def _blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for page in PAGES:
+        name = page.relative_to(ROOT).as_posix()
+        for i, code in enumerate(FENCE.findall(page.read_text(encoding="utf-8"))):
+            blocks.append((f"{name}:{i}", code))
+    return blocks
 
 
-def test_readme_has_examples():
-    assert len(BLOCKS) >= 2
+BLOCKS = _blocks()
+
+
+@pytest.mark.parametrize(("name", "code"), BLOCKS, ids=[name for name, _ in BLOCKS])
+def test_example_runs(name, code):
+    exec(compile(code, name, "exec"), {"__name__": "docs_example"})
+
+
+def test_readme_has_an_example():
+    assert any(name.startswith("README.md:") for name, _ in BLOCKS)
+
+
+def test_every_page_with_python_is_found():
+    """The fence pattern misses nothing: every page that mentions a python fence yields a block."""
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        assert len(FENCE.findall(text)) == text.count("```python\n"), page
+        for other in ("```py\n", "```pycon", "```python3", "```ipython"):
+            assert other not in text, f"{page}: use ```python fences (they are run)"
+
+
+def test_no_interactive_examples():
+    """Examples are plain scripts (run above), not `>>>` sessions that nothing would run."""
+    for page in PAGES:
+        for code in FENCE.findall(page.read_text(encoding="utf-8")):
+            assert ">>>" not in code, page

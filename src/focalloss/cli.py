@@ -1,12 +1,45 @@
-"""Command line: ``focalloss demo``, ``focalloss plot``, ``focalloss bench``
-(also ``python -m focalloss ...``)."""
+"""Command line: ``focalloss demo``, ``focalloss plot``, ``focalloss bench``,
+``focalloss --version`` (also ``python -m focalloss ...``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from . import __version__
+
+#: The modules each command needs beyond torch; the ``demo`` extra installs all of them.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "demo": ("matplotlib", "tqdm"),
+    "plot": ("matplotlib",),
+}
+
+
+class MissingExtraError(ImportError):
+    """A command's optional dependencies (the ``demo`` extra) are not installed."""
+
+
+def require_extra(command: str) -> None:
+    """Import the optional modules ``command`` needs (see ``EXTRA_MODULES``).
+
+    Raises:
+        MissingExtraError: naming the missing modules and the install command of the extra.
+    """
+    missing = []
+    for module in EXTRA_MODULES.get(command, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise MissingExtraError(
+            f"focalloss {command} needs {', '.join(missing)}, which the demo extra installs: "
+            f'pip install "focalloss[demo]" (from a checkout: pip install -e ".[demo]")',
+            name=missing[0],
+        )
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -23,6 +56,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focalloss", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo", help="train a small U-Net with cross-entropy and with focal loss, compare"
@@ -66,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in EXTRA_MODULES:
+        try:
+            require_extra(args.command)
+        except MissingExtraError as error:
+            print(f"focalloss: error: {error}", file=sys.stderr)
+            return 1
     if args.command == "demo":
         from .demo import DemoConfig, run_demo
 
