@@ -29,7 +29,6 @@ root_doc = "index"
 exclude_patterns = ["_build"]
 
 myst_heading_anchors = 3  # `page.md#section` links, as on GitHub
-myst_enable_extensions = ["colon_fence"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
