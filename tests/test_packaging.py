@@ -77,14 +77,22 @@ def test_license_metadata():
     assert not any(c.startswith("License ::") for c in project["classifiers"])
 
 
-def test_demo_extra_covers_what_the_commands_import():
-    """Every module the commands check for is installed by the `demo` extra."""
-    demo = {
-        re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
+# Distributions whose import name differs from the distribution name.
+IMPORT_NAMES = {"scikit-learn": "sklearn", "pillow": "PIL", "opencv-python": "cv2"}
+
+
+def test_demo_extra_and_the_command_check_agree():
+    """`focalloss demo` checks for exactly what the `demo` extra installs: a dependency added to
+    the extra must be added to cli.EXTRA_MODULES["demo"] too (and every module checked for must
+    come with the extra)."""
+    names = {
+        re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip().lower()
         for req in PYPROJECT["project"]["optional-dependencies"]["demo"]
     }
-    needed = {module for modules in cli.EXTRA_MODULES.values() for module in modules}
-    assert needed <= demo
+    extra = {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in names}
+    assert set(cli.EXTRA_MODULES["demo"]) == extra
+    for modules in cli.EXTRA_MODULES.values():
+        assert set(modules) <= extra
 
 
 @pytest.mark.parametrize(
