@@ -5,6 +5,8 @@ Public API:
 * :func:`focal_loss` / :class:`FocalLoss`: multi-class (softmax) focal loss.
 * :func:`sigmoid_focal_loss` / :class:`SigmoidFocalLoss`: binary, multi-label and detection
   (RetinaNet) focal loss.
+* :func:`linear_focal_loss` / :class:`LinearFocalLoss`: focal loss fused with the output
+  projection, for very large class counts (language models), without the full logits.
 * :func:`prior_bias`, :func:`init_prior_bias_`: classifier bias initialisation.
 * :func:`class_balanced_weights`: effective-number class weights (Cui et al. 2019).
 * :func:`set_value_checks`: switch off the checks that read tensor values.
@@ -12,16 +14,19 @@ Public API:
 
 from ._validation import set_value_checks
 from .functional import focal_loss, sigmoid_focal_loss
+from .linear import LinearFocalLoss, linear_focal_loss
 from .modules import FocalLoss, SigmoidFocalLoss
 from .priors import init_prior_bias_, prior_bias
 from .weights import class_balanced_weights
 
 __all__ = [
     "FocalLoss",
+    "LinearFocalLoss",
     "SigmoidFocalLoss",
     "class_balanced_weights",
     "focal_loss",
     "init_prior_bias_",
+    "linear_focal_loss",
     "prior_bias",
     "set_value_checks",
     "sigmoid_focal_loss",
