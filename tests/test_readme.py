@@ -1,5 +1,9 @@
 """Every Python example a user can copy, in the README and in the documentation pages
-(docs/**/*.md), runs as written."""
+(docs/**/*.md), runs as written.
+
+Every ```python block runs. A sketch that is not meant to run (an interface outline, say) is
+either written as ```text, or preceded on the line before its fence by
+``<!-- not run: REASON -->``; such blocks are reported as skipped with the reason."""
 
 from __future__ import annotations
 
@@ -12,27 +16,33 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 PAGES = [page for page in PAGES if "_build" not in page.parts]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\n\Z")
 
 
-def _blocks() -> list[tuple[str, str]]:
+def _blocks() -> list[tuple[str, str, str | None]]:
+    """(page:index, code, reason it is not run or None) for every ```python block."""
     blocks = []
     for page in PAGES:
         name = page.relative_to(ROOT).as_posix()
-        for i, code in enumerate(FENCE.findall(page.read_text(encoding="utf-8"))):
-            blocks.append((f"{name}:{i}", code))
+        text = page.read_text(encoding="utf-8")
+        for i, match in enumerate(FENCE.finditer(text)):
+            marker = NOT_RUN.search(text, 0, match.start())
+            blocks.append((f"{name}:{i}", match.group(1), marker and marker.group(1)))
     return blocks
 
 
 BLOCKS = _blocks()
 
 
-@pytest.mark.parametrize(("name", "code"), BLOCKS, ids=[name for name, _ in BLOCKS])
-def test_example_runs(name, code):
+@pytest.mark.parametrize(("name", "code", "not_run"), BLOCKS, ids=[b[0] for b in BLOCKS])
+def test_example_runs(name, code, not_run):
+    if not_run:
+        pytest.skip(f"marked not run: {not_run}")
     exec(compile(code, name, "exec"), {"__name__": "docs_example"})
 
 
 def test_readme_has_an_example():
-    assert any(name.startswith("README.md:") for name, _ in BLOCKS)
+    assert any(name.startswith("README.md:") and not_run is None for name, _, not_run in BLOCKS)
 
 
 def test_every_page_with_python_is_found():
