@@ -313,6 +313,8 @@ def _dense_sigmoid_target(case: SigmoidCase) -> tuple[Tensor, Tensor]:
     c = case.x.shape[1]
     keep = (case.t != SIG_IGNORE).unsqueeze(1).expand_as(case.x)
     safe = case.t.clamp(min=0)
+    if c == 1:  # one output: an integer target is a binary mask (1 positive, 0 negative)
+        return (safe == 1).unsqueeze(1).to(case.x.dtype), keep
     labels = F.one_hot(safe, c + 1)[..., :c].movedim(-1, 1).to(case.x.dtype)
     return labels, keep
 

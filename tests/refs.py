@@ -81,7 +81,8 @@ class SeedFocalLoss(nn.Module):
         self.gamma = gamma
         if isinstance(alpha, (int, float)):
             alpha = [alpha, 1 - alpha]
-        self.alpha = None if alpha is None else torch.tensor(alpha, dtype=torch.float64)
+        # torch.Tensor(list): float32, as the seed stores it (cast to the input's type later)
+        self.alpha = None if alpha is None else torch.tensor(alpha, dtype=torch.float32)
         self.size_average = size_average
         self.ignore_index = ignore_index
 

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from focalloss import focal_loss, sigmoid_focal_loss
-from focalloss._reference import _CHUNK_ELEMENTS, _chunk_slices
+from focalloss._torch.common import CHUNK_ELEMENTS as _CHUNK_ELEMENTS
+from focalloss._torch.common import chunk_slices as _chunk_slices
 from refs import one_hot_with_background, sigmoid_focal_ref, softmax_focal_ref
 
 C = 19

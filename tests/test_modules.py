@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focalloss import FocalLoss, focal_loss
+from focalloss import FocalLoss, SigmoidFocalLoss, focal_loss
 from refs import SeedFocalLoss, softmax_focal_ref
 
 
@@ -30,7 +30,7 @@ def test_buffers_follow_to_and_appear_in_state_dict():
     module = FocalLoss(alpha=[0.25, 0.75], weight=torch.tensor([1.0, 3.0]))
     assert set(module.state_dict()) == {"alpha", "weight"}
     assert {name for name, _ in module.named_buffers()} == {"alpha", "weight"}
-    assert module.alpha.dtype == torch.float64  # from Python numbers: exact
+    assert module.alpha.dtype == torch.float32  # from Python numbers (MPS has no float64)
     assert module.weight.dtype == torch.float32  # a tensor keeps its dtype
     module = module.to(torch.float16)
     assert module.alpha.dtype == torch.float16
@@ -45,11 +45,75 @@ def test_buffers_follow_to_and_appear_in_state_dict():
     assert m2.weight[0].item() == 1.0
 
 
-def test_scalar_alpha_is_an_attribute_not_a_buffer():
-    module = FocalLoss(gamma=2.0, alpha=0.25)
-    assert module.alpha == 0.25
+def test_alpha_has_one_state_dict_key_whatever_its_form():
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    t = torch.randint(0, 2, (5, 3))
+    forms = [0.25, [0.25, 0.75], torch.tensor([0.25, 0.75])]
+    modules = [FocalLoss(alpha=a) for a in forms]
+    for module in modules:
+        assert set(module.state_dict()) == {"alpha"}
+        assert module.alpha.dtype == torch.float32
+        torch.testing.assert_close(module.alpha, torch.tensor([0.25, 0.75]))
+    expected = focal_loss(x, t, alpha=[0.25, 0.75])
+    for module in modules:
+        torch.testing.assert_close(module(x, t), expected)
+    modules[1].load_state_dict(modules[0].state_dict())  # interchangeable
+    assert set(SigmoidFocalLoss(alpha=0.25).state_dict()) == {"alpha"}
+    assert set(SigmoidFocalLoss(alpha=[0.1, 0.2]).state_dict()) == {"alpha"}
+    assert "alpha" not in SigmoidFocalLoss(alpha=-1).state_dict()  # disabled
+    assert "alpha=0.25" in repr(SigmoidFocalLoss(alpha=0.25))
+
+
+def test_half_module_keeps_float32_numbers_until_converted():
+    module = FocalLoss(alpha=[0.7, 0.3])
+    assert module.alpha.dtype == torch.float32
+    assert module.alpha[0].item() == torch.tensor(0.7, dtype=torch.float32).item()
+
+
+def test_assigning_alpha_and_weight_after_construction():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 1])
+    module = FocalLoss()
+    module.alpha = [0.2, 0.3, 0.5]
+    module.weight = torch.tensor([1.0, 2.0, 3.0])
+    assert set(module.state_dict()) == {"alpha", "weight"}
+    torch.testing.assert_close(
+        module(x, t), focal_loss(x, t, alpha=[0.2, 0.3, 0.5], weight=[1.0, 2.0, 3.0])
+    )
+    module.alpha = None
     assert "alpha" not in module.state_dict()
-    assert "alpha=0.25" in repr(module)
+    with pytest.raises(ValueError, match="alpha: expected finite values >= 0, got -1.0"):
+        module.alpha = [0.2, -1.0, 0.5]
+    with pytest.raises(TypeError, match="weight: expected None, a number, a sequence"):
+        module.weight = "heavy"
+    sigmoid = SigmoidFocalLoss()
+    sigmoid.alpha = 0.5
+    torch.testing.assert_close(sigmoid.alpha, torch.tensor(0.5))
+    with pytest.raises(ValueError, match=r"alpha: expected a number in \[0, 1\], got 2.0"):
+        sigmoid.alpha = 2.0
+    with pytest.raises(TypeError, match="pos_weight: expected a tensor or None, got list"):
+        sigmoid.pos_weight = [1.0, 2.0]
+
+
+def test_arguments_after_the_seed_four_are_keyword_only():
+    with pytest.raises(TypeError):
+        FocalLoss(2.0, None, None, -100, None)  # weight only by keyword
+    with pytest.raises(TypeError):
+        SigmoidFocalLoss(0.25)  # used to set gamma silently
+
+
+def test_torchscript_gives_a_clear_error():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.criterion = FocalLoss()
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.criterion(x, t)
+
+    for module in (FocalLoss(), SigmoidFocalLoss(), Model()):
+        with pytest.raises(RuntimeError, match=r"TorchScript .* torch\.compile.* torch\.export"):
+            torch.jit.script(module)
 
 
 def test_size_average_maps_to_reduction_with_deprecation_warning():

@@ -203,9 +203,9 @@ CASES = [
         "weight broadcast",
         X,
         T,
-        dict(weight=torch.ones(3)),
+        dict(weight=torch.ones(2)),
         ValueError,
-        r"weight: expected a shape that broadcasts to the input's \(4, 3, 5\) .* got \(3,\)",
+        r"weight: expected a shape that broadcasts to the input's \(4, 3, 5\) .* got \(2,\)",
     ),
     (
         "pos_weight broadcast",

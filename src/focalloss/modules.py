@@ -1,30 +1,40 @@
-"""``nn.Module`` wrappers: they hold configuration and call the functions in ``functional``."""
+"""``nn.Module`` wrappers: they hold configuration and call the functions in ``functional``.
+
+Per-class values (``alpha``, ``weight``, ``pos_weight``) are buffers: they follow ``.to()`` and
+are saved in ``state_dict`` under the same key whatever form they were given in (a number, a
+sequence, a tensor). Python numbers become float32 (a tensor keeps its floating dtype), and
+assigning a new value after construction (``criterion.alpha = [0.2, 0.8]``) goes through the
+same conversion and checks. The modules cannot be compiled by TorchScript (deprecated in
+PyTorch); ``torch.compile`` and ``torch.export`` are supported.
+"""
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from numbers import Real
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from . import _validation as V
-from ._backend import check_backend
+from ._engine import BackendName, Reduction, check_backend
 from .functional import focal_loss, sigmoid_focal_loss
 
 __all__ = ["FocalLoss", "SigmoidFocalLoss"]
 
 
-def _as_buffer(
-    name: str, value: Sequence[float] | Tensor | None, upper: float = math.inf
+def as_buffer(
+    name: str,
+    value: float | Sequence[float] | Tensor | None,
+    upper: float = float("inf"),
+    any_shape: bool = False,
 ) -> Tensor | None:
-    """Per-class configuration as a 1-D float tensor (a buffer: it follows ``.to()``).
+    """A per-class (or scalar) configuration value as a float tensor for a buffer.
 
-    A tensor keeps its floating dtype (integer tensors become float32); a sequence of Python
-    numbers becomes float64, so no factor is rounded before the loss converts it to the
-    computation's dtype. Values must be finite, in ``[0, upper]`` (checked once, here).
+    Python numbers become float32; a tensor keeps its floating dtype (integer tensors become
+    float32). Values must be finite and in ``[0, upper]`` (checked here, meta-safe).
     """
     if value is None:
         return None
@@ -32,15 +42,18 @@ def _as_buffer(
         tensor = V.check_tensor(name, value).detach().clone()
         if not tensor.is_floating_point():
             tensor = tensor.float()
+    elif isinstance(value, Real) and not isinstance(value, bool):
+        tensor = torch.tensor(float(value), dtype=torch.float32)
     elif isinstance(value, Sequence) and not isinstance(value, str):
-        # Python numbers are kept exactly (float64); each call converts to its compute dtype.
-        tensor = torch.tensor([float(v) for v in value], dtype=torch.float64)
+        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"{name}: expected a sequence of numbers, got {value!r}")
+        tensor = torch.tensor([float(v) for v in value], dtype=torch.float32)
     else:
         raise TypeError(
-            f"{name}: expected None, a sequence of per-class numbers or a 1-D tensor, "
+            f"{name}: expected None, a number, a sequence of per-class numbers or a tensor, "
             f"got {type(value).__name__}"
         )
-    if tensor.dim() != 1:
+    if tensor.dim() > 1 and not any_shape:
         raise ValueError(
             f"{name}: expected one factor per class (a 1-D tensor), got shape {tuple(tensor.shape)}"
         )
@@ -55,7 +68,33 @@ def _as_buffer(
     return tensor
 
 
-class FocalLoss(nn.Module):
+class _LossModule(nn.Module):
+    """Configuration holder: per-class values are converted on every assignment."""
+
+    _buffer_names: ClassVar[tuple[str, ...]] = ()
+
+    def _convert(self, name: str, value: object) -> Tensor | None:
+        raise NotImplementedError
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self._buffer_names:
+            converted = self._convert(name, value)
+            if name in self.__dict__.get("_buffers", {}):
+                self._buffers[name] = converted
+            else:
+                self.register_buffer(name, converted)
+            return
+        super().__setattr__(name, value)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script, "
+            f"deprecated in PyTorch): use torch.compile(model) for speed, or torch.export for "
+            f"deployment; both support focalloss"
+        )
+
+
+class FocalLoss(_LossModule):
     r"""Multi-class focal loss as a module; a drop-in for the seed project's ``FocalLoss``.
 
     The first four parameters keep the seed module's order and meaning, so
@@ -102,7 +141,8 @@ class FocalLoss(nn.Module):
         ['alpha']
     """
 
-    alpha: Tensor | float | None
+    _buffer_names = ("alpha", "weight")
+    alpha: Tensor | None
     weight: Tensor | None
 
     def __init__(
@@ -113,10 +153,10 @@ class FocalLoss(nn.Module):
         ignore_index: int | None = -100,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
         label_smoothing: float = 0.0,
         detach_modulator: bool = False,
-        backend: str = "auto",
+        backend: BackendName = "auto",
         sync_normalizer: bool = False,
     ) -> None:
         super().__init__()
@@ -142,11 +182,14 @@ class FocalLoss(nn.Module):
         if not isinstance(detach_modulator, bool):
             raise TypeError(f"detach_modulator: expected a bool, got {detach_modulator!r}")
         self.detach_modulator = detach_modulator
-        if isinstance(alpha, Real) and not isinstance(alpha, bool):
-            self.alpha = V.check_unit_interval("alpha", alpha)
-        else:
-            self.register_buffer("alpha", _as_buffer("alpha", alpha))
-        self.register_buffer("weight", _as_buffer("weight", weight))
+        self.alpha = alpha  # type: ignore[assignment]  (converted by __setattr__)
+        self.weight = weight  # type: ignore[assignment]
+
+    def _convert(self, name: str, value: object) -> Tensor | None:
+        if name == "alpha" and isinstance(value, Real) and not isinstance(value, bool):
+            a = V.check_unit_interval("alpha", value)
+            return torch.tensor([a, 1.0 - a])  # the seed's convention, for C == 2
+        return as_buffer(name, value)  # type: ignore[arg-type]
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return focal_loss(
@@ -165,8 +208,6 @@ class FocalLoss(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [f"gamma={self.gamma}"]
-        if isinstance(self.alpha, float):
-            parts.append(f"alpha={self.alpha}")
         parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
         if self.label_smoothing:
             parts.append(f"label_smoothing={self.label_smoothing}")
@@ -175,7 +216,7 @@ class FocalLoss(nn.Module):
         return ", ".join(parts)
 
 
-class SigmoidFocalLoss(nn.Module):
+class SigmoidFocalLoss(_LossModule):
     r"""Sigmoid focal loss as a module; see :func:`focalloss.sigmoid_focal_loss` for the math.
 
     Per-class ``alpha``, ``weight`` and ``pos_weight`` tensors are buffers (they follow
@@ -195,21 +236,23 @@ class SigmoidFocalLoss(nn.Module):
         0.8881
     """
 
-    alpha: Tensor | float | None
+    _buffer_names = ("alpha", "weight", "pos_weight")
+    alpha: Tensor | None
     weight: Tensor | None
     pos_weight: Tensor | None
 
     def __init__(
         self,
+        *,
         gamma: float = 2.0,
         alpha: float | Sequence[float] | Tensor | None = 0.25,
         weight: Tensor | None = None,
         pos_weight: Tensor | None = None,
         ignore_index: int | None = None,
-        reduction: str = "mean",
+        reduction: Reduction = "mean",
         normalizer: float | Tensor | None = None,
         detach_modulator: bool = False,
-        backend: str = "auto",
+        backend: BackendName = "auto",
         sync_normalizer: bool = False,
     ) -> None:
         super().__init__()
@@ -229,23 +272,22 @@ class SigmoidFocalLoss(nn.Module):
         if not isinstance(detach_modulator, bool):
             raise TypeError(f"detach_modulator: expected a bool, got {detach_modulator!r}")
         self.detach_modulator = detach_modulator
-        if alpha is None or (isinstance(alpha, Real) and not isinstance(alpha, bool)):
-            if alpha is not None and float(alpha) >= 0:
-                V.check_unit_interval("alpha", alpha)
-            self.alpha = None if alpha is None else float(alpha)
-        else:
-            self.register_buffer("alpha", _as_buffer("alpha", alpha, upper=1.0))
-        for name, value in (("weight", weight), ("pos_weight", pos_weight)):
-            if value is not None and not isinstance(value, Tensor):
-                raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
-            if value is not None and not V.check_tensor(name, value).is_floating_point():
-                raise TypeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
-            if value is not None and V.reads_values(value):
-                bad = ~(value >= 0) | ~torch.isfinite(value)
-                if bool(bad.any()):
-                    first = value[bad][0].item()
-                    raise ValueError(f"{name}: expected finite values >= 0, got {first}")
-            self.register_buffer(name, None if value is None else value.detach().clone())
+        self.alpha = alpha  # type: ignore[assignment]  (converted by __setattr__)
+        self.weight = weight  # type: ignore[assignment]
+        self.pos_weight = pos_weight  # type: ignore[assignment]
+
+    def _convert(self, name: str, value: object) -> Tensor | None:
+        if name == "alpha":
+            if isinstance(value, Real) and not isinstance(value, bool):
+                if float(value) < 0:  # torchvision's convention: a negative alpha disables it
+                    return None
+                V.check_unit_interval("alpha", value)
+            return as_buffer("alpha", value, upper=1.0)  # type: ignore[arg-type]
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
+        if value is not None and not V.check_tensor(name, value).is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+        return as_buffer(name, value, any_shape=True)
 
     def forward(
         self, input: Tensor, target: Tensor, normalizer: float | Tensor | None = None
@@ -267,8 +309,8 @@ class SigmoidFocalLoss(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [f"gamma={self.gamma}"]
-        if not isinstance(self.alpha, Tensor):
-            parts.append(f"alpha={self.alpha}")
+        if self.alpha is not None and self.alpha.dim() == 0:
+            parts.append(f"alpha={self.alpha.item():g}")
         parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
         if self.detach_modulator:
             parts.append("detach_modulator=True")

@@ -1,20 +1,26 @@
-"""The Triton backend. This package is the only code that imports ``triton``.
+"""The Triton backend. This package is the only code that imports ``triton``, and it does so
+only when a loss first runs on it (never at ``import focalloss``).
 
-``triton_error()`` says why the kernels cannot be used here (None when they can);
-``load()`` imports the launchers, which registers the ``torch.ops.focalloss`` custom operators.
-They are imported with ``focalloss`` when Triton is installed and can run (a CUDA device, or
-``TRITON_INTERPRET=1``), so that ``torch.compile`` finds them registered.
+``BACKEND.unsupported(spec)`` says why the kernels cannot compute a spec here (None when they
+can); ``load()`` imports the launchers, which registers the ``torch.ops.focalloss`` custom
+operators of the kernels.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
+from collections.abc import Callable
 from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from .._engine import Layout, Spec, broadcast_grad_output
 
 _ops: ModuleType | None = None
 _error: str | None = None
+_installed: bool | None = None
 
 
 def interpreting() -> bool:
@@ -23,16 +29,22 @@ def interpreting() -> bool:
 
 
 def triton_error() -> str | None:
-    if importlib.util.find_spec("triton") is None:
+    """Why Triton cannot be used (None when it can); does not import it."""
+    global _installed
+    if _installed is None:
+        _installed = importlib.util.find_spec("triton") is not None
+    if not _installed:
         return "Triton is not installed (pip install triton; it ships with CUDA builds of torch)"
     return _error
 
 
 def load() -> ModuleType:
-    """Import the launchers (and register the custom operators) once."""
+    """Import the launchers (and so register their custom operators) once."""
     global _ops, _error
     if _ops is None:
         try:
+            for module in _LAUNCHERS:
+                importlib.import_module(f"{__name__}.{module}")
             from . import ops
         except Exception as exc:  # a broken or incompatible Triton install
             _error = f"importing Triton failed: {type(exc).__name__}: {exc}"
@@ -45,14 +57,66 @@ def loaded() -> ModuleType | None:
     return _ops
 
 
-def _load_if_usable() -> None:
-    if triton_error() is not None:
-        return
-    import torch
+# family -> (why a spec of it is not supported, or None; the launch)
+_FAMILIES: dict[str, tuple[Callable[[Spec], str | None], Callable[[Spec, bool], tuple]]] = {}
+_LAUNCHERS: list[str] = ["ops"]  # modules of this package that define custom operators
 
-    if torch.cuda.is_available() or interpreting():
-        with contextlib.suppress(RuntimeError):  # reported by triton_error() when asked for
+
+def register(
+    family: str,
+    unsupported: Callable[[Spec], str | None],
+    forward: Callable[[Spec, bool], tuple[Tensor, Tensor | None]],
+    launcher: str = "ops",
+) -> None:
+    """Add a loss family: ``forward(spec, need_grad)`` calls its custom operator, which the
+    module ``launcher`` of this package defines (imported on first use)."""
+    _FAMILIES[family] = (unsupported, forward)
+    if launcher not in _LAUNCHERS:
+        _LAUNCHERS.append(launcher)
+
+
+class TritonBackend:
+    name = "triton"
+
+    def unavailable(self, spec: Spec) -> str | None:
+        error = triton_error()
+        if error is not None:
+            return f"cannot run: {error}; or use backend='torch'"
+        if spec.input.device.type != "cuda" and not interpreting():
+            return (
+                f"needs CUDA tensors, got input on {spec.input.device}: move input and target "
+                f"to the GPU (.cuda()), use backend='auto' or 'torch', or set "
+                f"TRITON_INTERPRET=1 before triton is imported to run the kernels in Triton's "
+                f"interpreter on the CPU (slow; for tests)"
+            )
+        try:
             load()
+        except RuntimeError as exc:
+            return f"cannot run: {exc}; or use backend='torch'"
+        return None
+
+    def unsupported(self, spec: Spec) -> str | None:
+        if spec.family not in _FAMILIES:
+            return f"{spec.family} (no kernel)"
+        return _FAMILIES[spec.family][0](spec)
+
+    def forward(self, spec: Spec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        loss, grad = _FAMILIES[spec.family][1](spec, need_grad)
+        if spec.reduction == "mean":
+            loss = loss * spec.scale
+        return loss, grad if need_grad else None
+
+    def scale_grad(
+        self, grad: Tensor, grad_output: Tensor, layout: Layout, inplace: bool
+    ) -> Tensor:
+        scale = broadcast_grad_output(grad_output, layout)
+        if not inplace:
+            return grad * scale.to(grad.dtype)
+        if layout == "element" or grad.dtype == torch.float64:
+            return grad.mul_(scale.to(grad.dtype))
+        return load().scale_grad_(grad, grad_output, per_position=layout == "position")
 
 
-_load_if_usable()
+BACKEND = TritonBackend()
+
+from . import families as _families  # noqa: E402,F401  (registers the families' launches)

@@ -82,11 +82,13 @@ def _softmax_focal_fwd_kernel(
     stride_xs,
     stride_tn,
     stride_ts,
+    ignored_ptr,  # the ignored mask, framed like the target (read when HAS_IGNORE)
+    stride_mn,
+    stride_ms,
     stride_gn,
     stride_gc,
     stride_gs,
     params_ptr,  # [gamma, label_smoothing] in the accumulation dtype (scalars would be fp32)
-    ignore_index,
     HAS_COEF: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     HAS_SCALE: tl.constexpr,
@@ -99,9 +101,12 @@ def _softmax_focal_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid_s = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    offs_s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    # One program per (n, block of positions), on a 1-D grid (no 65535 cap on any axis).
+    pid = tl.program_id(0).to(tl.int64)
+    tiles = (S + BLOCK_S - 1) // BLOCK_S
+    n = pid // tiles
+    pid_s = pid % tiles
+    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     in_s = offs_s < S
     x_row = x_ptr + n * stride_xn + offs_s * stride_xs
     neg_inf = float("-inf")
@@ -124,9 +129,12 @@ def _softmax_focal_fwd_kernel(
 
     # The target class: log p_t, and q_t = p_t - 1 without cancellation.
     t = tl.load(t_ptr + n * stride_tn + offs_s * stride_ts, mask=in_s, other=0).to(tl.int64)
-    valid = in_s
+    # A class outside [0, C) (possible only with value checks off) counts as ignored: no read
+    # ever leaves the logits.
+    valid = in_s & (t >= 0) & (t < C)
     if HAS_IGNORE:
-        valid = valid & (t != ignore_index)
+        skip = tl.load(ignored_ptr + n * stride_mn + offs_s * stride_ms, mask=in_s, other=1)
+        valid = valid & (skip == 0)
     t = tl.where(valid, t, 0)
     x_t = tl.load(x_row + t * stride_xc, mask=in_s, other=0.0).to(ACC)
     lp_t = x_t - lse
@@ -174,7 +182,7 @@ def _softmax_focal_fwd_kernel(
     if PER_POSITION:
         tl.store(loss_ptr + n * S + offs_s, loss, mask=in_s)
     else:
-        tl.store(loss_ptr + n * tl.num_programs(0) + pid_s, tl.sum(loss, axis=0))
+        tl.store(loss_ptr + pid, tl.sum(loss, axis=0))
 
     if NEED_GRAD:
         # Pass 3: grad_c = scale * (p_c * (total + hard_s) - ng_c - hard_s * [c == t]).
@@ -242,8 +250,10 @@ def _sigmoid_focal_fwd_kernel(
     stride_ln,
     stride_lc,
     stride_ls,
+    ignored_ptr,  # the ignored mask, framed like an index target (read when HAS_IGNORE)
+    stride_mn,
+    stride_ms,
     params_ptr,  # [gamma, alpha] in the accumulation dtype
-    ignore_index,
     INDEX: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_PW: tl.constexpr,
@@ -258,9 +268,11 @@ def _sigmoid_focal_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid_s = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    offs_s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    pid = tl.program_id(0).to(tl.int64)
+    tiles = (S + BLOCK_S - 1) // BLOCK_S
+    n = pid // tiles
+    pid_s = pid % tiles
+    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     in_s = offs_s < S
     gamma = tl.load(params_ptr).to(ACC)
     alpha = tl.load(params_ptr + 1).to(ACC)
@@ -269,7 +281,8 @@ def _sigmoid_focal_fwd_kernel(
         target = tl.load(t_ptr + n * stride_tn + offs_s * stride_ts, mask=in_s, other=0)
         target = target.to(tl.int64)
         if HAS_IGNORE:
-            valid = valid & (target != ignore_index)
+            skip = tl.load(ignored_ptr + n * stride_mn + offs_s * stride_ms, mask=in_s, other=1)
+            valid = valid & (skip == 0)
     scale = tl.where(valid, 1.0, 0.0).to(ACC)
     if HAS_SCALE:
         scale = scale * tl.load(scale_ptr).to(ACC)
@@ -344,7 +357,7 @@ def _sigmoid_focal_fwd_kernel(
             )
             tl.store(ptrs, g.to(grad_ptr.dtype.element_ty), mask=mask)
     if not PER_ELEMENT:
-        tl.store(loss_ptr + n * tl.num_programs(0) + pid_s, tl.sum(partial, axis=0))
+        tl.store(loss_ptr + pid, tl.sum(partial, axis=0))
 
 
 @triton.jit
@@ -363,8 +376,9 @@ def _scale_grad_kernel(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     if PER_POSITION:
-        # (N, C, S) gradient, (N, S) grad_output.
-        pos = (offs // (inner * classes)) * inner + offs % inner
+        # (N, C, S) gradient, (N, S) grad_output. Every operation has the int64 offsets on one
+        # side, so nothing is formed in int32 (C * S may pass 2**31).
+        pos = (offs // inner) // classes * inner + offs % inner
         go = tl.load(go_ptr + pos, mask=mask, other=0.0).to(tl.float32)
     else:
         go = tl.load(go_ptr).to(tl.float32)

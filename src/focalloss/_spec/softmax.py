@@ -1,0 +1,184 @@
+"""The softmax focal loss spec and its preparation (shared by ``focal_loss`` and ``FocalLoss``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from numbers import Real
+
+from torch import Tensor
+
+from .. import _validation as V
+from .._engine import Spec
+from . import (
+    check_common,
+    class_vector,
+    compute_dtype_of,
+    constant_vector,
+    full,
+    index_target,
+    layout_for,
+    mean_scale,
+    product,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxFocalSpec(Spec):
+    """Softmax focal loss over dim 1 of ``input`` ``(N, C, *)``.
+
+    Attributes:
+        target: int64 class indices ``(N, *)`` with a valid class (0) at ignored positions,
+            or class probabilities of the input's shape (any floating dtype).
+        ignored: bool ``(N, *)`` mask of ignored positions, or None (none ignored).
+        coef: ``(C,)`` contiguous ``weight * alpha`` in the compute dtype, or None.
+        gamma, label_smoothing, detach_modulator: as in ``focal_loss``.
+    """
+
+    family = "softmax_focal"
+
+    target: Tensor
+    ignored: Tensor | None
+    coef: Tensor | None
+    gamma: float
+    label_smoothing: float
+    detach_modulator: bool
+
+    @property
+    def probabilities(self) -> bool:
+        return self.target.is_floating_point()
+
+
+def prepare(
+    input: Tensor,
+    target: Tensor,
+    *,
+    gamma: float,
+    alpha: float | Sequence[float] | Tensor | None,
+    weight: Sequence[float] | Tensor | None,
+    ignore_index: int | None,
+    reduction: str,
+    label_smoothing: float,
+    detach_modulator: bool,
+    backend: str,
+    sync_normalizer: bool,
+) -> SoftmaxFocalSpec:
+    check_common(input, target, reduction, backend, detach_modulator, ignore_index)
+    gamma = V.check_gamma(gamma)
+    label_smoothing = V.check_unit_interval("label_smoothing", label_smoothing)
+    if input.dim() == 0:
+        raise ValueError(
+            "input: expected logits of shape (C), (N, C) or (N, C, d1, ...), got a 0-d tensor"
+        )
+    V.check_constants(target=target, alpha=alpha, weight=weight)
+    V.check_sync_normalizer(sync_normalizer, reduction)
+
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    num_classes = input.shape[1]
+    if num_classes == 0:
+        raise ValueError(
+            f"input: expected at least one class (C >= 1), got shape {tuple(input.shape)}"
+        )
+    probabilities = _target_kind(input, target, unbatched)
+    alpha_vec = _alpha_vector(alpha, num_classes, input)
+    weight_vec = (
+        None
+        if weight is None
+        else class_vector("weight", weight, num_classes, input, upper=float("inf"))
+    )
+    coef = product(weight_vec, alpha_vec)
+
+    if probabilities:
+        if ignore_index not in (None, -100):
+            raise ValueError(
+                f"ignore_index: not supported with probability targets (as in F.cross_entropy); "
+                f"expected -100 (the default) or None, got {ignore_index}"
+            )
+        V.check_unit_range("target", target, "class probabilities")
+        ignored = None
+        divisor = full(input, float(target.numel() // num_classes))
+    else:
+        target, ignored = index_target(target, ignore_index, num_classes, num_classes, fill=0)
+        divisor = _index_divisor(input, target, ignored, weight_vec)
+    scale = mean_scale(divisor, sync_normalizer, clamp=False) if reduction == "mean" else None
+    return SoftmaxFocalSpec(
+        input=input,
+        reduction=reduction,  # type: ignore[arg-type]
+        scale=scale,
+        layout=layout_for(reduction, elementwise=False),  # type: ignore[arg-type]
+        squeeze=unbatched and reduction == "none",
+        target=target,
+        ignored=ignored,
+        coef=coef,
+        gamma=gamma,
+        label_smoothing=label_smoothing,
+        detach_modulator=detach_modulator,
+    )
+
+
+def _target_kind(input: Tensor, target: Tensor, unbatched: bool) -> bool:
+    """True for probability targets, False for class indices; raises on anything else."""
+    index_shape = input.shape[:1] + input.shape[2:]
+    if target.shape == input.shape:
+        if not target.is_floating_point():
+            shapes = _shown_shapes(input, target, unbatched)
+            raise TypeError(
+                f"target: a target of the input's shape {shapes[0]} holds class probabilities "
+                f"and must be floating point, got dtype {target.dtype} (for class indices pass "
+                f"shape {shapes[1]})"
+            )
+        return True
+    if target.shape == index_shape:
+        if not V.is_integer_tensor(target):
+            raise TypeError(
+                f"target: class indices of shape {_shown_shapes(input, target, unbatched)[1]} "
+                f"must have an integer dtype (int64 or uint8), got dtype {target.dtype} "
+                f"(convert with target.long())"
+            )
+        return False
+    shown_input, shown_index, shown_target = _shown_shapes(input, target, unbatched)
+    raise ValueError(
+        f"target: expected class indices of shape {shown_index} or probabilities of shape "
+        f"{shown_input} for input of shape {shown_input}, got shape {shown_target}"
+    )
+
+
+def _shown_shapes(input: Tensor, target: Tensor, unbatched: bool) -> tuple[str, str, str]:
+    """The input, index-target and target shapes as the caller wrote them (for messages)."""
+    if unbatched:
+        return str(tuple(input.shape[1:])), "()", str(tuple(target.shape[1:]))
+    index = tuple(input.shape[:1] + input.shape[2:])
+    return str(tuple(input.shape)), str(index), str(tuple(target.shape))
+
+
+def _alpha_vector(
+    alpha: float | Sequence[float] | Tensor | None, num_classes: int, input: Tensor
+) -> Tensor | None:
+    if alpha is None:
+        return None
+    if isinstance(alpha, Real) and not isinstance(alpha, bool):
+        a = V.check_unit_interval("alpha", alpha)
+        if num_classes != 2:
+            raise ValueError(
+                f"alpha: a single number a means factors [a, 1 - a] for classes 0 and 1 and is "
+                f"valid only for C == 2, got C={num_classes}; pass {num_classes} per-class "
+                f"factors instead"
+            )
+        return constant_vector((a, 1.0 - a), input.device, compute_dtype_of(input))
+    return class_vector("alpha", alpha, num_classes, input, upper=float("inf"))
+
+
+def _index_divisor(
+    input: Tensor, target: Tensor, ignored: Tensor | None, weight: Tensor | None
+) -> Tensor:
+    """``sum_i v_i * w_{target_i}``: the divisor of ``reduction="mean"`` for class indices."""
+    if weight is None:
+        if ignored is None:
+            return full(input, float(target.numel()))
+        return target.numel() - ignored.sum(dtype=compute_dtype_of(input))
+    w_t = weight[target]
+    if ignored is not None:
+        w_t.masked_fill_(ignored, 0.0)
+    return w_t.sum()

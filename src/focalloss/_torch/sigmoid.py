@@ -1,0 +1,282 @@
+"""The sigmoid focal loss on the PyTorch backend: closed form, and the differentiable composite."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._spec.sigmoid import SigmoidFocalSpec
+from .common import chunk_slices, class_view, finish, focal_modulator, one_hot, reduce_composite
+
+
+def forward(spec: SigmoidFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """The reduced loss of ``spec`` and the gradient of that loss w.r.t. ``spec.input``."""
+    loss, grad = sigmoid_focal_forward(
+        spec.input,
+        spec.target,
+        spec.ignored,
+        spec.scale,
+        _options(spec),
+        elementwise=spec.reduction == "none",
+        need_grad=need_grad,
+    )
+    return finish(loss, grad, spec, summed=True)
+
+
+def _options(spec: SigmoidFocalSpec) -> SigmoidOptions:
+    alpha = spec.alpha
+    if isinstance(alpha, Tensor) and alpha.dim() == 1:
+        alpha = class_view(alpha, spec.input.dim())
+    return SigmoidOptions(
+        alpha=alpha,
+        weight=spec.weight,
+        pos_weight=spec.pos_weight,
+        gamma=spec.gamma,
+        detach_modulator=spec.detach_modulator,
+        compute_dtype=spec.compute_dtype,
+    )
+
+
+# Per element, with p = sigmoid(x), target t in [0, 1], pos_weight pw (1 when None):
+#
+#     ce   = pw * t * softplus(-x) + (1 - t) * softplus(x)        (BCE with logits)
+#     u    = 1 - p_t = t * (1 - p) + (1 - t) * p,    m = u ** gamma
+#     a_t  = alpha * t + (1 - alpha) * (1 - t)                    (1 when alpha is disabled)
+#     loss = w * a_t * m * ce
+#
+# With du/dx = p (1 - p) (1 - 2t) and dce/dx = (1 - t) p - pw t (1 - p):
+#
+#     dloss/dx = w * a_t * m * (gamma * rho * (1 - 2t) * ce + dce/dx),   rho = p (1 - p) / u
+#
+# The textbook form has u ** (gamma - 1), infinite at u -> 0 for gamma < 1 (torchvision's NaN
+# gradient). Here rho replaces it: p (1 - p) <= u for every t in [0, 1] (the difference is
+# (p - t)^2 + t (1 - t) >= 0), so rho lies in [0, 1]; where u = 0 also p (1 - p) = 0 and the
+# limit m * rho = 0 is used. 1 - p is sigmoid(-x), and both softplus terms are computed
+# directly, so nothing cancels for saturated logits. ``detach_modulator`` drops the
+# gamma * rho term.
+#
+# For class-index targets every element is a negative (t = 0: u = p, rho = 1 - p, ce =
+# softplus(x)) except one per position, the target class, which is a positive (t = 1: u = 1 - p,
+# rho = p, ce = pw * softplus(-x)). The negatives are computed over the logits, the positives
+# per position with a gather, and written over the negatives with a scatter: no one-hot target.
+
+
+class SigmoidOptions(NamedTuple):
+    alpha: Tensor | float | None  # scalar, or (1, C, 1, ...) per class; None: disabled
+    weight: Tensor | None  # expanded to the input's shape (a view)
+    pos_weight: Tensor | None  # expanded to the input's shape (a view)
+    gamma: float
+    detach_modulator: bool
+    compute_dtype: torch.dtype
+
+
+def sigmoid_focal_forward(
+    input: Tensor,
+    target: Tensor,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    options: SigmoidOptions,
+    *,
+    elementwise: bool,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Sigmoid focal loss: elementwise loss (or its sum) and the gradient of ``sum(scale * loss)``.
+
+    ``target`` is float of the input's shape, or int64 class indices of the input's shape
+    without dim 1 (value C = background; ignored positions already replaced by a valid value
+    and flagged in ``ignored``). Returns ``(loss, grad)``: the elementwise loss when
+    ``elementwise`` else its sum (0-d), and the gradient or None.
+    """
+    index = target.dtype == torch.int64
+    chunks = chunk_slices(input)
+    if len(chunks) == 1:
+        loss, grad = _sigmoid_chunk(input, target, ignored, grad_scale, options, need_grad)
+        return (loss if elementwise else loss.sum()), grad
+    # Elementwise work over cache-sized pieces: only the gradient (and the elementwise loss for
+    # reduction="none") is a logits-sized buffer.
+    dtype = options.compute_dtype
+    loss = input.new_empty(input.shape, dtype=dtype) if elementwise else None
+    grad = torch.empty_like(input, dtype=dtype) if need_grad else None
+    sums = []
+    for xs in chunks:
+        ts = xs[:1] + xs[2:] if index else xs
+        part_loss, part_grad = _sigmoid_chunk(
+            input[xs],
+            target[ts],
+            None if ignored is None else ignored[xs[:1] + xs[2:]],
+            grad_scale,
+            _slice_options(options, xs),
+            need_grad,
+        )
+        if loss is not None:
+            loss[xs] = part_loss
+        else:
+            sums.append(part_loss.sum())
+        if grad is not None:
+            grad[xs] = part_grad
+    if loss is None:
+        loss = torch.stack(sums).sum()
+    return loss, grad
+
+
+def _slice_options(options: SigmoidOptions, xs: tuple[slice, ...]) -> SigmoidOptions:
+    """The options of one piece: per-element tensors are sliced, per-class ones broadcast."""
+    return options._replace(
+        weight=None if options.weight is None else options.weight[xs],
+        pos_weight=None if options.pos_weight is None else options.pos_weight[xs],
+    )
+
+
+def _sigmoid_chunk(
+    x: Tensor,
+    target: Tensor,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    opt: SigmoidOptions,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Elementwise loss and scaled gradient of one piece (0 at ignored positions)."""
+    x = x.to(opt.compute_dtype)
+    if target.dtype == torch.int64:
+        loss, grad = _sigmoid_index_terms(x, target, opt, need_grad=need_grad)
+    else:
+        loss, grad = _sigmoid_float_terms(x, target, opt, need_grad=need_grad)
+    if ignored is not None:
+        mask = ignored.unsqueeze(1)
+        loss = loss.masked_fill(mask, 0.0)
+        if grad is not None:
+            grad = grad.masked_fill(mask, 0.0)
+    if grad is not None and grad_scale is not None:
+        grad = grad * grad_scale
+    return loss, grad
+
+
+def _logistic(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(p, 1 - p, softplus(-x), softplus(x))`` with ``p = sigmoid(x)``, each computed
+    directly (no ``1 - p``), so all four stay exact for saturated logits.
+
+    PyTorch's fused ``sigmoid`` and ``softplus`` kernels compute the same values; the Triton
+    kernels use the one-exp form."""
+    neg = x.neg()
+    return torch.sigmoid(x), torch.sigmoid(neg), F.softplus(neg), F.softplus(x)
+
+
+def _alpha_factors(alpha: Tensor | float | None) -> tuple[Tensor | float, Tensor | float]:
+    """(factor of positives, factor of negatives): (alpha, 1 - alpha), or (1, 1)."""
+    if alpha is None:
+        return 1.0, 1.0
+    return alpha, 1.0 - alpha
+
+
+def _sigmoid_float_terms(
+    x: Tensor, t: Tensor, opt: SigmoidOptions, *, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    t = t.to(x.dtype)
+    gamma = opt.gamma
+    p, q, sp_pos, sp_neg = _logistic(x)  # q = 1 - p, sp_pos = -log p, sp_neg = -log(1 - p)
+    t_neg = 1.0 - t
+    if opt.pos_weight is not None:
+        sp_pos.mul_(opt.pos_weight)
+    ce = sp_pos.mul_(t).addcmul_(t_neg, sp_neg)
+    u = torch.mul(t_neg, p).addcmul_(t, q)  # 1 - p_t
+    pos_a, neg_a = _alpha_factors(opt.alpha)
+    coef = t * pos_a + t_neg * neg_a if opt.alpha is not None else None
+    if opt.weight is not None:
+        coef = opt.weight.to(x.dtype) if coef is None else coef.mul_(opt.weight)
+    m = None if gamma == 0.0 else (u.square() if gamma == 2.0 else u.pow(gamma))
+    wm = m if coef is None else (coef if m is None else m.mul_(coef))  # w * a_t * m
+    loss = ce if wm is None else ce * wm
+    if not need_grad:
+        return loss, None
+    # dce/dx = (1 - t) p - pw t (1 - p)
+    pw_t = t if opt.pos_weight is None else t * opt.pos_weight
+    dce = torch.mul(t_neg, p).sub_(pw_t * q)
+    if gamma != 0.0 and not opt.detach_modulator:
+        rho = torch.mul(p, q).div_(u).nan_to_num_(nan=0.0)  # 0/0 where u = 0: limit 0
+        dce.addcmul_(rho.mul_(t_neg - t).mul_(gamma), ce)
+    return loss, dce if wm is None else dce.mul_(wm)
+
+
+def _sigmoid_index_terms(
+    x: Tensor, target: Tensor, opt: SigmoidOptions, *, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    gamma = opt.gamma
+    num_classes = x.shape[1]
+    pos_a, neg_a = _alpha_factors(opt.alpha)
+    # Negatives (t = 0) everywhere: u = p, rho = 1 - p, ce = softplus(x), dce/dx = p.
+    p, q, _, ce = _logistic(x)
+    wm = None if gamma == 0.0 else (p.square() if gamma == 2.0 else p.pow(gamma))
+    owned = wm is not None
+    for factor in (neg_a if opt.alpha is not None else None, opt.weight):
+        if factor is None:
+            continue
+        if owned:
+            wm.mul_(factor)
+        else:
+            wm, owned = (factor if wm is None else wm * factor), wm is not None
+    if wm is not None and not owned:
+        wm = torch.as_tensor(wm, dtype=x.dtype, device=x.device).expand_as(x)
+    loss = ce if wm is None else ce * wm
+    grad = None
+    if need_grad:
+        grad = p.clone() if gamma == 0.0 or opt.detach_modulator else None
+        if grad is None:
+            grad = q.mul_(ce).mul_(gamma).add_(p)
+        if wm is not None:
+            grad.mul_(wm)
+
+    # Positives: the target class of each position (value C = background has none).
+    is_pos = target < num_classes
+    idx = target.clamp(max=num_classes - 1).unsqueeze(1)
+    x_t = x.gather(1, idx)
+    p_t, q_t, ce_t, _ = _logistic(x_t)
+    pw_t = None if opt.pos_weight is None else opt.pos_weight.gather(1, idx).to(x.dtype)
+    if pw_t is not None:
+        ce_t = ce_t * pw_t
+    wm_t = None if gamma == 0.0 else (q_t.square() if gamma == 2.0 else q_t.pow(gamma))
+    if opt.alpha is not None:
+        a_t = pos_a.expand_as(x).gather(1, idx) if isinstance(pos_a, Tensor) else pos_a
+        wm_t = a_t if wm_t is None else wm_t * a_t
+    if opt.weight is not None:
+        w_t = opt.weight.gather(1, idx).to(x.dtype)
+        wm_t = w_t if wm_t is None else wm_t * w_t
+    pos = is_pos.unsqueeze(1)
+    loss_t = ce_t if wm_t is None else ce_t * wm_t
+    loss.scatter_(1, idx, torch.where(pos, loss_t, loss.gather(1, idx)))
+    if grad is None:
+        return loss, None
+    # dce/dx = -pw (1 - p); the modulator adds -gamma * p * ce (rho = p, 1 - 2t = -1).
+    grad_t = q_t if pw_t is None else q_t * pw_t
+    if gamma != 0.0 and not opt.detach_modulator:
+        grad_t = grad_t + gamma * p_t * ce_t
+    grad_t = grad_t.neg_() if wm_t is None else grad_t.mul_(wm_t).neg_()
+    grad.scatter_(1, idx, torch.where(pos, grad_t, grad.gather(1, idx)))
+    return loss, grad
+
+
+def composite(spec: SigmoidFocalSpec, input: Tensor) -> Tensor:
+    """The sigmoid focal loss of ``spec``, reduced, from differentiable operations at
+    ``input`` (index targets hold C, the background, at ignored positions)."""
+    options, target, ignored = _options(spec), spec.target, spec.ignored
+    x = input.to(options.compute_dtype)
+    if ignored is not None:  # whatever ignored positions hold (NaN, inf) must not reach autograd
+        x = torch.where(ignored.unsqueeze(1), 0.0, x)
+    index = target.dtype == torch.int64  # class C (background) matches no output
+    t = one_hot(target, x.shape[1], x.dtype) if index else target.to(x.dtype)
+    # BCE from softplus terms, not F.binary_cross_entropy_with_logits: its backward,
+    # sigmoid(x) - t, cancels to 0 for saturated x, where the exact derivative is 1 - p.
+    positive = F.softplus(-x) if options.pos_weight is None else options.pos_weight * F.softplus(-x)
+    ce = t * positive + (1.0 - t) * F.softplus(x)
+    u = t * torch.sigmoid(-x) + (1.0 - t) * torch.sigmoid(x)  # 1 - p_t
+    m = focal_modulator(u, options.gamma, options.detach_modulator)
+    loss = ce if m is None else m * ce
+    if options.alpha is not None:
+        loss = (options.alpha * t + (1.0 - options.alpha) * (1.0 - t)) * loss
+    if options.weight is not None:
+        loss = options.weight * loss
+    if ignored is not None:
+        loss = torch.where(ignored.unsqueeze(1), 0.0, loss)
+    return reduce_composite(loss, spec)

@@ -1,0 +1,354 @@
+"""The softmax focal loss on the PyTorch backend: closed form, and the differentiable composite.
+
+For one position with logits ``z`` (C values), ``lp = log_softmax(z)``, ``p = exp(lp)`` and a
+non-negative coefficient ``k_c`` per class (``k_c = w_c * a_c * q_c``, with ``q`` the one-hot
+or smoothed or soft target), the loss is::
+
+    L = sum_c k_c * m_c * (-lp_c),        m_c = (1 - p_c) ** gamma
+
+Its exact gradient follows from ``dp_c/dz_j = p_c (delta_cj - p_j)``::
+
+    g_c   = k_c * p_c * dL_c/dp_c = k_c * m_c * (gamma * r_c - 1),   r_c = p_c * lp_c / (1 - p_c)
+    dL/dz_j = g_j - p_j * sum_c g_c
+
+Numerical choices:
+
+* ``1 - p`` is ``-expm1(lp)``: exact even when ``p`` rounds to 1 in floating point, where
+  ``1 - exp(lp)`` would cancel to 0 and make ``(1 - p) ** gamma`` wrong for small gamma.
+* The textbook derivative contains ``(1 - p) ** (gamma - 1)``, which is infinite at ``p -> 1``
+  for ``0 < gamma < 1`` (the seed code's NaN). Folding ``p / (1 - p)`` into ``r`` instead keeps
+  every factor bounded: ``r = p * log(p) / (1 - p)`` lies in ``[-1, 0]`` (limit -1 at p -> 1,
+  0 at p -> 0). Where ``1 - p`` is exactly 0, ``m`` is 0 for gamma > 0 and the ``gamma * r``
+  term vanishes for gamma = 0, so ``r`` only has to be finite there: 0 is used.
+* ``detach_modulator`` (the seed module's behaviour) treats ``m`` as a constant: ``g_c`` becomes
+  ``-k_c * m_c``.
+* For hard targets only the target class has ``k_c != 0``, so every factor above is a
+  per-position scalar and the gradient is ``s * (p - onehot)`` with ``s = -g_t >= 0``: one
+  exponential over the logits, computed in place in the log-softmax buffer.
+
+Large allocations dominate on the CPU (a fresh logits-sized buffer costs about three in-place
+passes), so the code below reuses buffers it owns with in-place operations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._spec.softmax import SoftmaxFocalSpec
+from .common import (
+    chunk_slices,
+    class_view,
+    finish,
+    focal_modulator,
+    nonfinite_ignored,
+    one_hot,
+    reduce_composite,
+    zero_ignored_rows_,
+)
+
+
+def forward(spec: SoftmaxFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """The reduced loss of ``spec`` and the gradient of that loss w.r.t. ``spec.input``."""
+    loss, grad = per_position(
+        spec.input,
+        spec.target,
+        class_coef=spec.coef,
+        ignored=spec.ignored,
+        grad_scale=spec.scale,
+        gamma=spec.gamma,
+        label_smoothing=spec.label_smoothing,
+        detach_modulator=spec.detach_modulator,
+        need_grad=need_grad,
+        compute_dtype=spec.compute_dtype,
+    )
+    return finish(loss, grad, spec)
+
+
+def hard_target_terms(
+    lp_t: Tensor, gamma: float, detach_modulator: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Per-position factors of the focal term of one class, from its log-probability ``lp_t``.
+
+    Returns ``(nl, s, q)``: ``nl = m * lp`` (the loss term is ``-nl``), ``s = -g / k``
+    ``= m * (1 - gamma * r)`` (``m`` when the modulator is detached; None for gamma = 0,
+    where it is 1), and ``q = p - 1 = expm1(lp)``, all fresh tensors owned by the caller.
+    """
+    q = torch.expm1(lp_t)  # p - 1, exact near p = 1
+    if gamma == 0.0:
+        return lp_t.clone(), None, q
+    m = q.square() if gamma == 2.0 else (q.neg() if gamma == 1.0 else q.neg().pow_(gamma))
+    nl = lp_t * m
+    if detach_modulator:
+        return nl, m, q
+    # -r = p * lp / (p - 1) in [0, 1]; NaN only for p * lp = 0 at p = 1 (0/0, where m = 0)
+    # or p = 0 with lp = -inf (0 * inf, limit 0): both become 0.
+    s = lp_t.exp().mul_(lp_t).div_(q).nan_to_num_(nan=0.0)
+    return nl, s.mul_(gamma).add_(1.0).mul_(m), q
+
+
+def per_position(
+    input: Tensor,
+    target: Tensor,
+    *,
+    class_coef: Tensor | None,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    gamma: float,
+    label_smoothing: float,
+    detach_modulator: bool,
+    need_grad: bool,
+    compute_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-position softmax focal loss and, when asked, its gradient.
+
+    Args:
+        input: ``(N, C, *)`` logits, any float dtype and layout.
+        target: ``(N, *)`` int64 class indices with ignored positions already replaced by a
+            valid class, or ``(N, C, *)`` class probabilities.
+        class_coef: ``(C,)`` product ``weight * alpha`` in ``compute_dtype``, or None.
+        ignored: ``(N, *)`` bool mask of ignored positions, or None (none ignored).
+        grad_scale: 0-d factor applied to every position's gradient (``1 / divisor`` for
+            ``reduction="mean"``), or None for 1.
+        need_grad: also return ``dloss/dinput`` of ``sum(grad_scale * loss)``.
+
+    Returns:
+        ``(loss, grad)``: loss ``(N, *)`` in ``compute_dtype``, 0 at ignored positions;
+        grad ``(N, C, *)`` in ``compute_dtype`` or None.
+    """
+    rows = input.movedim(1, -1)
+    if input.dim() > 2 and rows.is_contiguous():
+        # Classes innermost in memory (channels_last and the like): the same computation over
+        # (positions, C) rows of a view reads the logits in place, and the gradient comes back
+        # in the input's layout (no copy by log_softmax, none by autograd for a leaf).
+        num_classes = input.shape[1]
+        probabilities = target.dim() == input.dim()
+        flat_target = target.movedim(1, -1) if probabilities else target
+        loss, grad = per_position(
+            rows.view(-1, num_classes),
+            flat_target.reshape((-1, num_classes) if probabilities else (-1,)),
+            class_coef=class_coef,
+            ignored=None if ignored is None else ignored.reshape(-1),
+            grad_scale=grad_scale,
+            gamma=gamma,
+            label_smoothing=label_smoothing,
+            detach_modulator=detach_modulator,
+            need_grad=need_grad,
+            compute_dtype=compute_dtype,
+        )
+        grad = None if grad is None else grad.view(rows.shape).movedim(-1, 1)
+        return loss.view(rows.shape[:-1]), grad
+    if target.dtype == torch.int64 and label_smoothing == 0.0:
+        return _hard_forward(
+            input,
+            target,
+            class_coef,
+            ignored,
+            grad_scale,
+            gamma,
+            detach_modulator,
+            need_grad,
+            compute_dtype,
+        )
+    options = dict(
+        class_coef=class_coef,
+        grad_scale=grad_scale,
+        gamma=gamma,
+        eps=label_smoothing,
+        detach_modulator=detach_modulator,
+        compute_dtype=compute_dtype,
+    )
+    chunks = chunk_slices(input)
+    if len(chunks) == 1:
+        return _dense_forward(input, target, ignored, need_grad=need_grad, **options)
+    # Dense targets touch every logit several times: run them over cache-sized pieces so the
+    # temporaries stay in cache and only the gradient is a logits-sized buffer.
+    probabilities = target.dim() == input.dim()
+    loss = input.new_empty(input.shape[:1] + input.shape[2:], dtype=compute_dtype)
+    grad = torch.empty_like(input, dtype=compute_dtype) if need_grad else None
+    for xs in chunks:
+        ps = xs if probabilities else xs[:1] + xs[2:]
+        part_loss, _ = _dense_forward(
+            input[xs],
+            target[ps],
+            None if ignored is None else ignored[xs[:1] + xs[2:]],
+            need_grad=need_grad,
+            out=None if grad is None else grad[xs],
+            **options,
+        )
+        loss[xs[:1] + xs[2:]] = part_loss
+    return loss, grad
+
+
+def _dense_forward(
+    input: Tensor,
+    target: Tensor,
+    ignored: Tensor | None,
+    *,
+    class_coef: Tensor | None,
+    grad_scale: Tensor | None,
+    gamma: float,
+    eps: float,
+    detach_modulator: bool,
+    compute_dtype: torch.dtype,
+    need_grad: bool,
+    out: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Probability targets, or smoothed class indices: ``k_c`` is non-zero for every class.
+
+    Writes ``k = K_dense + onehot(t) * hard_k``, where ``K_dense = w*a*((1-eps)*target + eps/C)``
+    for probabilities and ``w*a*eps/C`` for indices, whose target class adds
+    ``hard_k = (1 - eps) * w_t * a_t``. With ``ng = -g`` (see the module docstring) the gradient
+    is ``p * sum_c ng - ng``; it is written into ``out`` when given. At most four buffers of the
+    input's size live at once (the caller passes cache-sized pieces).
+    """
+    num_classes, ndim = input.shape[1], input.dim()
+    wa = None if class_coef is None else class_view(class_coef, ndim)
+    lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
+
+    index = target.unsqueeze(1) if target.dtype == torch.int64 else None
+    if index is not None:
+        dense_k: Tensor | float = eps / num_classes if wa is None else wa * (eps / num_classes)
+    else:
+        dense_k = target.to(compute_dtype, copy=True)
+        if eps != 0.0:
+            dense_k.mul_(1.0 - eps).add_(eps / num_classes)
+        if wa is not None:
+            dense_k.mul_(wa)
+
+    with_r = gamma != 0.0 and need_grad and not detach_modulator
+    p = None
+    if gamma != 0.0:
+        km = torch.expm1(lp)  # p - 1, exact near p = 1
+        if with_r:  # 1 - gamma * r, with -r = p * lp / (p - 1), 0 where it is 0/0 (see above)
+            p = lp.exp()  # kept for the gradient
+            c = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(gamma).add_(1.0)
+        km.neg_()
+        if gamma != 1.0:
+            km.pow_(gamma)
+        km.mul_(dense_k)  # k * m
+    else:
+        km = dense_k  # m = 1
+    if with_r:
+        ng = c.mul_(km)  # -g = k * m * (1 - gamma * r)
+        loss = km.mul_(lp).sum(1).neg_()
+    else:
+        ng = km  # -g = k * m
+        loss = (lp * km).sum(1).neg_()
+        if loss.dim() < ndim - 1:  # k * m was a per-class vector: broadcast the sum
+            loss = loss.expand(lp.shape[:1] + lp.shape[2:]).clone()
+
+    hard_ng = None
+    if index is not None and eps != 1.0:
+        lp_t = lp.gather(1, index).squeeze(1)
+        hard_k = (1.0 - eps) * (
+            class_coef[target] if class_coef is not None else torch.ones_like(lp_t)
+        )
+        nl, hard_s, _ = hard_target_terms(lp_t, gamma, detach_modulator)
+        loss.sub_(nl.mul_(hard_k))
+        hard_ng = hard_k if hard_s is None else hard_s.mul_(hard_k)
+    unfinished = None
+    if ignored is not None:
+        unfinished = nonfinite_ignored(loss, ignored) if need_grad else None
+        loss.masked_fill_(ignored, 0.0)
+    if not need_grad:
+        return loss, None
+
+    # dL/dz = p * S - ng with S = sum_c ng (the hard part adds hard_ng at the target class),
+    # each position scaled by its share of the reduction (0 where ignored).
+    total = ng.sum(1) if isinstance(ng, Tensor) else lp.new_tensor(ng * num_classes)
+    if hard_ng is not None:
+        total = hard_ng + total
+    scale = grad_scale
+    if ignored is not None:
+        scale = (~ignored).to(lp.dtype)
+        scale = scale if grad_scale is None else scale.mul_(grad_scale)
+    if scale is not None:
+        total = total * scale
+        class_scale = scale.unsqueeze(1) if scale.dim() else scale
+        if isinstance(ng, Tensor) and ng.shape == lp.shape:
+            ng = ng.mul_(class_scale)
+        else:
+            ng = ng * class_scale
+        if hard_ng is not None:
+            hard_ng = hard_ng * scale
+    p = lp.exp_() if p is None else p
+    p.mul_(total.unsqueeze(1) if total.dim() else total)
+    grad = torch.sub(p, ng, out=out) if out is not None else p.sub_(ng)
+    if hard_ng is not None:
+        grad.scatter_add_(1, index, hard_ng.neg().unsqueeze(1))
+    if unfinished is not None:
+        zero_ignored_rows_(grad, unfinished)
+    return loss, grad
+
+
+def _hard_forward(
+    input: Tensor,
+    target: Tensor,
+    class_coef: Tensor | None,
+    ignored: Tensor | None,
+    grad_scale: Tensor | None,
+    gamma: float,
+    detach_modulator: bool,
+    need_grad: bool,
+    compute_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor | None]:
+    """Hard (index) targets without smoothing: all focal factors are per-position scalars."""
+    index = target.unsqueeze(1)
+    lp = torch.log_softmax(input, dim=1, dtype=compute_dtype)
+    lp_t = lp.gather(1, index).squeeze(1)
+    unfinished = None
+    if ignored is not None and need_grad:
+        unfinished = nonfinite_ignored(lp_t, ignored)
+    nl, s, q = hard_target_terms(lp_t, gamma, detach_modulator)
+    coef = class_coef[target] if class_coef is not None else None
+    loss = nl.neg_() if coef is None else nl.mul_(coef).neg_()
+    if ignored is not None:
+        loss.masked_fill_(ignored, 0.0)
+    if not need_grad:
+        return loss, None
+
+    # dL/dz = s * (p - onehot(t)) with s = -k_t * g_t >= 0 per position; the target entry
+    # s * (p_t - 1) uses q = expm1(lp_t), free of cancellation.
+    if s is None:
+        s = torch.ones_like(lp_t) if coef is None else coef
+    elif coef is not None:
+        s.mul_(coef)
+    if grad_scale is not None:
+        s = s * grad_scale
+    if ignored is not None:
+        s = s.masked_fill(ignored, 0.0)  # also keeps non-finite values of ignored positions out
+    s = s.unsqueeze(1)
+    grad = lp.exp_().mul_(s)  # the log-softmax buffer becomes the gradient
+    grad.scatter_(1, index, q.unsqueeze(1).mul_(s))
+    if unfinished is not None:
+        zero_ignored_rows_(grad, unfinished)
+    return loss, grad
+
+
+def composite(spec: SoftmaxFocalSpec, input: Tensor) -> Tensor:
+    """The softmax focal loss of ``spec``, reduced, from differentiable operations at ``input``
+    (``spec.input`` or a tensor of its shape; see ``focalloss._torch.common``)."""
+    target, ignored, class_coef = spec.target, spec.ignored, spec.coef
+    gamma, label_smoothing = spec.gamma, spec.label_smoothing
+    dtype = spec.compute_dtype
+    x = input.to(dtype)
+    if ignored is not None:  # whatever ignored positions hold (NaN, inf) must not reach autograd
+        x = torch.where(ignored.unsqueeze(1), 0.0, x)
+    lp = torch.log_softmax(x, dim=1)
+    num_classes = lp.shape[1]
+    q = target.to(dtype) if target.is_floating_point() else one_hot(target, num_classes, dtype)
+    if label_smoothing != 0.0:
+        q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+    if class_coef is not None:
+        q = q * class_view(class_coef.to(dtype), lp.dim())
+    # A class without target mass contributes 0, also where it is masked with a -inf logit
+    # (0 * -inf would be NaN): log p is replaced there before the product, so that no NaN
+    # reaches the backward pass either.
+    lp_used = torch.where(q != 0, lp, 0.0)
+    m = focal_modulator(-torch.expm1(lp), gamma, spec.detach_modulator)
+    terms = q * lp_used if m is None else q * m * lp_used
+    loss = -terms.sum(1)
+    if ignored is not None:
+        loss = torch.where(ignored, 0.0, loss)
+    return reduce_composite(loss, spec)

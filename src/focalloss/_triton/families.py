@@ -1,0 +1,58 @@
+"""How each loss family's spec reaches its kernel (plain Python: no triton import here; the
+custom operators are registered by ``load()`` before the first launch)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._spec.sigmoid import SigmoidFocalSpec
+from .._spec.softmax import SoftmaxFocalSpec
+from . import register
+
+
+def _softmax_unsupported(spec: SoftmaxFocalSpec) -> str | None:  # type: ignore[override]
+    return "probability targets" if spec.probabilities else None
+
+
+def _softmax_forward(spec: SoftmaxFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor]:
+    return torch.ops.focalloss.softmax_focal_fwd(
+        spec.input,
+        spec.target,
+        spec.ignored,
+        spec.coef,
+        spec.scale,
+        spec.gamma,
+        spec.label_smoothing,
+        spec.detach_modulator,
+        spec.reduction == "none",
+        need_grad,
+    )
+
+
+def _sigmoid_forward(spec: SigmoidFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor]:
+    alpha = spec.alpha
+    vector = None
+    if isinstance(alpha, Tensor):  # per class (C,), or a 0-d buffer: one value per class
+        classes = spec.input.shape[1] if spec.input.dim() >= 2 else 1
+        vector = alpha if alpha.dim() == 1 else alpha.expand(classes).contiguous()
+    mode = 0 if alpha is None else (2 if vector is not None else 1)
+    return torch.ops.focalloss.sigmoid_focal_fwd(
+        spec.input,
+        spec.target,
+        spec.ignored,
+        spec.weight,
+        spec.pos_weight,
+        vector,
+        spec.scale,
+        spec.gamma,
+        alpha if isinstance(alpha, float) else 0.0,
+        mode,
+        spec.detach_modulator,
+        spec.reduction == "none",
+        need_grad,
+    )
+
+
+register(SoftmaxFocalSpec.family, _softmax_unsupported, _softmax_forward)
+register(SigmoidFocalSpec.family, lambda spec: None, _sigmoid_forward)
