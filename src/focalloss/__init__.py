@@ -7,12 +7,23 @@ Public API:
   (RetinaNet) focal loss.
 * :func:`linear_focal_loss` / :class:`LinearFocalLoss`: focal loss fused with the output
   projection, for very large class counts (language models), without the full logits.
+* :func:`varifocal_loss`, :func:`quality_focal_loss`, :func:`distribution_focal_loss` (and
+  their modules), :func:`dfl_decode`: the focal losses of modern detectors (VFNet, GFL, YOLO).
 * :func:`prior_bias`, :func:`init_prior_bias_`: classifier bias initialisation.
 * :func:`class_balanced_weights`: effective-number class weights (Cui et al. 2019).
 * :func:`set_value_checks`: switch off the checks that read tensor values.
 """
 
 from ._validation import set_value_checks
+from .detection import (
+    DistributionFocalLoss,
+    QualityFocalLoss,
+    VarifocalLoss,
+    dfl_decode,
+    distribution_focal_loss,
+    quality_focal_loss,
+    varifocal_loss,
+)
 from .functional import focal_loss, sigmoid_focal_loss
 from .linear import LinearFocalLoss, linear_focal_loss
 from .modules import FocalLoss, SigmoidFocalLoss
@@ -20,15 +31,22 @@ from .priors import init_prior_bias_, prior_bias
 from .weights import class_balanced_weights
 
 __all__ = [
+    "DistributionFocalLoss",
     "FocalLoss",
     "LinearFocalLoss",
+    "QualityFocalLoss",
     "SigmoidFocalLoss",
+    "VarifocalLoss",
     "class_balanced_weights",
+    "dfl_decode",
+    "distribution_focal_loss",
     "focal_loss",
     "init_prior_bias_",
     "linear_focal_loss",
     "prior_bias",
+    "quality_focal_loss",
     "set_value_checks",
     "sigmoid_focal_loss",
+    "varifocal_loss",
 ]
 __version__ = "0.1.0"

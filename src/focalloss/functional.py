@@ -236,3 +236,6 @@ def sigmoid_focal_loss(
         sync_normalizer=sync_normalizer,
     )
     return run(spec, backend)
+
+
+from .detection import dfl_decode, distribution_focal_loss, quality_focal_loss, varifocal_loss  # noqa: E402,F401

@@ -180,3 +180,10 @@ def _(family, input, tensors, numbers, codes, need_grad):
         loss_shape = tuple(input.shape)
     loss = input.new_empty(loss_shape, dtype=spec.compute_dtype)
     return loss, _grad_like(input) if need_grad else input.new_empty(0)
+
+
+from . import detection  # noqa: E402  (varifocal, quality focal, distribution focal)
+
+register(detection.VarifocalSpec, detection.varifocal)  # type: ignore[arg-type]
+register(detection.QualityFocalSpec, detection.quality_focal)  # type: ignore[arg-type]
+register(detection.DistributionFocalSpec, detection.distribution_focal)  # type: ignore[arg-type]
