@@ -253,7 +253,8 @@ def check_normalizer(normalizer: float | Tensor, input: Tensor, dtype: torch.dty
         if reads_values(value):
             check_normalizer_number(value.item())
         return value
-    return torch.tensor(check_normalizer_number(normalizer), dtype=dtype, device=input.device)
+    # A fill, not torch.tensor(number, device=...): no host-to-device copy.
+    return input.new_full((), check_normalizer_number(normalizer), dtype=dtype)
 
 
 def check_normalizer_number(normalizer: object) -> float:

@@ -218,7 +218,7 @@ def _sigmoid_index_terms(
         else:
             wm, owned = (factor if wm is None else wm * factor), wm is not None
     if wm is not None and not owned:
-        wm = torch.as_tensor(wm, dtype=x.dtype, device=x.device).expand_as(x)
+        wm = x.new_full((), wm).expand_as(x)  # a fill: no host-to-device copy
     loss = ce if wm is None else ce * wm
     grad = None
     if need_grad:
