@@ -65,7 +65,7 @@ def test_binary_mask_errors():
         ValueError, match=r"binary mask of 0 \(negative\) and 1 \(positive\).*got 2"
     ):
         sigmoid_focal_loss(x, torch.tensor([[0, 1, 2], [1, 1, 0]]))
-    with pytest.raises(ValueError, match="ignore_index: .* cannot be 1"):
+    with pytest.raises(ValueError, match=r"ignore_index: .* cannot be 1"):
         sigmoid_focal_loss(x, torch.zeros(2, 3, dtype=torch.long), ignore_index=1)
     # Two or more outputs: an integer target of the input's shape is still an error.
     with pytest.raises(TypeError, match="must be floating point"):
@@ -112,13 +112,13 @@ def test_grid_folds_positions_into_one_axis_without_the_65535_cap():
     x = torch.empty(70000, 5)
     (n, c, s), strides = frame(x, class_dim=True)
     assert (n, c, s) == (1, 5, 70000) and strides == (0, 1, 5)
-    block_c, block_s = blocks(c, s)
+    _, block_s = blocks(c, s)
     programs = grid(n, s, block_s)
     assert len(programs) == 1 and programs[0] * block_s >= 70000
     # (N, C, 1): no spatial extent, positions are the batch (not N programs of one position).
     (n, c, s), strides = frame(torch.empty(70000, 5, 1), class_dim=True)
     assert (n, c, s) == (1, 5, 70000) and strides == (0, 1, 5)
-    (n, _, s), (t_n, _, t_s) = frame(torch.empty(70000, 1, dtype=torch.long), class_dim=False)
+    (n, _, s), (_, _, t_s) = frame(torch.empty(70000, 1, dtype=torch.long), class_dim=False)
     assert (n, s, t_s) == (1, 70000, 1)
     # A batch beyond 65535 with a spatial dimension: every (n, tile) is one program on axis 0.
     (n, c, s), _ = frame(torch.empty(70000, 3, 7), class_dim=True)
