@@ -1,0 +1,262 @@
+"""The focal Tversky loss on the PyTorch backend: closed form, and the differentiable composite.
+
+With probabilities ``p`` (softmax over dim 1, or sigmoid), targets ``g`` (one-hot, or the
+given probabilities / labels) and the sums over the non-ignored positions ``i`` (of the batch,
+or of each image)::
+
+    TP_c = sum_i p_ic g_ic,  FN_c = sum_i (1 - p_ic) g_ic,  FP_c = sum_i p_ic (1 - g_ic)
+    num_c = alpha FN_c + beta FP_c,   den_c = TP_c + num_c + smooth
+    u_c = 1 - TI_c = num_c / den_c,   L_c = w_c u_c^gamma
+
+``u`` is computed as ``num / den`` (no ``1 - TI`` cancellation), and each count is a sum of
+non-negative terms (no ``G - TP`` cancellation between two large sums). Since
+``d num_c / d p_ic = beta - (alpha + beta) g_ic`` and ``d den_c / d p_ic = beta + (1 - alpha
+- beta) g_ic``, the derivative of ``L_c`` is affine in the target::
+
+    dL_c/dp_ic = A_c + B_c g_ic,   k_c = w_c gamma u_c^(gamma - 1)
+    A_c = k_c beta (TP_c + smooth) / den_c^2
+    B_c = -k_c ((alpha + beta)(TP_c + smooth) + num_c) / den_c^2
+
+so the gradient with respect to the logits is ``p q (A + B g)`` (sigmoid, ``q = 1 - p``) or,
+through the softmax Jacobian, ``p_ic (A_c + B_c g_ic - sum_c' p_ic' (A_c' + B_c' g_ic'))``:
+a second pass over the probabilities once the per-class sums are known. Where ``u_c = 0``
+(a perfect class, or ``den_c = 0`` with ``smooth = 0``: no target and no prediction mass),
+``TI_c = 1`` and ``k_c = 0`` (``u^gamma`` has a cusp there for ``gamma < 1``; its one-sided
+derivative along any feasible direction is what the limit gives).
+
+The per-class quantities are computed in float64 (they are ``C`` or ``N * C`` numbers); the
+class-index counts are accumulated in float64 too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._spec.classification import FocalTverskySpec
+from .common import chunk_slices, finish, focal_modulator, one_hot, reduce_composite
+
+
+def forward(spec: FocalTverskySpec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """The reduced loss of ``spec`` and the gradient of that loss w.r.t. ``spec.input``."""
+    x, dtype = spec.input, spec.compute_dtype
+    num_classes = x.shape[1]
+    mask = None if spec.ignored is None else spec.ignored.unsqueeze(1)
+    p = torch.softmax(x, 1, dtype=dtype) if spec.softmax else torch.sigmoid(x.to(dtype))
+    if mask is not None:  # masked_fill: ignored logits may hold NaN or inf
+        p.masked_fill_(mask, 0.0)
+    if spec.index:
+        counts, hard = _index_counts(spec, p)
+    else:
+        counts, q = _float_counts(spec, p)
+    tp, fn, fp = counts
+    terms, coef_a, coef_b = _class_terms(spec, tp, fn, fp, need_grad)
+    loss = terms.sum().to(dtype)
+    if not need_grad:
+        return finish(loss, None, spec, summed=True)
+    shape = (-1 if spec.per_image else 1, num_classes) + (1,) * (x.dim() - 2)
+    a, b = coef_a.to(dtype), coef_b.to(dtype)
+    if spec.index:
+        grad = _index_grad(spec, p, a, b, shape, hard)
+    else:
+        grad = _float_grad(spec, p, q, a, b, shape)
+    if mask is not None and not spec.softmax:  # p q with q NaN at an ignored position
+        grad.masked_fill_(mask, 0.0)
+    return finish(loss, grad, spec, summed=True)
+
+
+def _sum(values: Tensor, per_image: bool) -> Tensor:
+    """Sums over the positions: ``(C,)``, or ``(N, C)`` per image."""
+    dims = tuple(range(2, values.dim()))
+    if not per_image:
+        dims = (0, *dims)
+    if not dims:  # (N, C) per image: each image is one position
+        return values.clone()
+    return values.sum(dims)
+
+
+def _complement(spec: FocalTverskySpec, p: Tensor, x: Tensor) -> Tensor:
+    """``1 - p``: ``sigmoid(-x)`` (exact) for the sigmoid, ``1 - p`` for the softmax."""
+    if spec.softmax:
+        return torch.sub(1.0, p)
+    return torch.sigmoid(x.to(p.dtype).neg())
+
+
+def _float_counts(
+    spec: FocalTverskySpec, p: Tensor
+) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+    g = spec.target.to(p.dtype)
+    pg = p * g
+    tp = _sum(pg, spec.per_image)
+    fp = _sum(torch.sub(p, pg, out=pg), spec.per_image)  # p (1 - g)
+    q = _complement(spec, p, spec.input)
+    fn = _sum(torch.mul(q, g, out=pg), spec.per_image)
+    return (tp, fn, fp), q
+
+
+class _Hard:
+    """What the class-index gradient needs from the counting pass."""
+
+    def __init__(self, idx: Tensor, pos: Tensor | None, p_t: Tensor, q_t: Tensor) -> None:
+        self.idx, self.pos, self.p_t, self.q_t = idx, pos, p_t, q_t
+
+
+def _index_counts(spec: FocalTverskySpec, p: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], _Hard]:
+    """Counts for class indices, without a one-hot target. ``p`` is left with 0 at the target
+    entries (its sum over positions is then ``FP``); the target entries are returned."""
+    target, num_classes = spec.target, p.shape[1]
+    valid = None if spec.ignored is None else ~spec.ignored
+    if spec.softmax:
+        pos = valid
+        idx = target.unsqueeze(1)
+    else:  # C is the background: no positive output at that position
+        pos = target < num_classes
+        pos = pos if valid is None else pos & valid
+        idx = target.clamp(max=num_classes - 1).unsqueeze(1)
+    p_t = p.gather(1, idx)
+    if pos is None:
+        p.scatter_(1, idx, 0.0)
+    else:
+        pos = pos.unsqueeze(1)
+        p.scatter_(1, idx, torch.where(pos, 0.0, p_t))
+        p_t = p_t.masked_fill_(~pos, 0.0)
+    if spec.softmax:
+        q_t = torch.sub(1.0, p_t)
+    else:
+        q_t = torch.sigmoid(spec.input.gather(1, idx).to(p.dtype).neg())
+    if pos is not None:
+        q_t = q_t.masked_fill_(~pos, 0.0)
+    fp = _sum(p, spec.per_image)
+    tp = _bincount(p_t, idx, num_classes, spec.per_image)
+    fn = _bincount(q_t, idx, num_classes, spec.per_image)
+    return (tp, fn, fp), _Hard(idx, pos, p_t, q_t)
+
+
+def _bincount(values: Tensor, idx: Tensor, num_classes: int, per_image: bool) -> Tensor:
+    """``sum_i values_i [idx_i == c]`` per class (and image), accumulated in float64."""
+    n = values.shape[0]
+    bins = idx.reshape(n, -1)
+    if per_image:
+        bins = bins + torch.arange(n, device=idx.device).unsqueeze(1) * num_classes
+    size = num_classes * (n if per_image else 1)
+    out = values.new_zeros(size, dtype=torch.float64)
+    out.index_add_(0, bins.reshape(-1), values.reshape(-1).to(torch.float64))
+    return out.view(n, num_classes) if per_image else out
+
+
+def _class_terms(
+    spec: FocalTverskySpec, tp: Tensor, fn: Tensor, fp: Tensor, need_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``w u^gamma`` per class (and image), and the gradient coefficients ``A``, ``B`` (with
+    the ``"mean"`` factor), in float64."""
+    tp, fn, fp = (v.to(torch.float64) for v in (tp, fn, fp))
+    alpha, beta, gamma, smooth = spec.alpha, spec.beta, spec.gamma, spec.smooth
+    num = fn * alpha + fp * beta
+    tps = tp + smooth
+    den = tps + num
+    live = den > 0
+    u = torch.where(live, num / torch.where(live, den, 1.0), 0.0)
+    mod = u.pow(gamma)  # 0 ** gamma: 0 for gamma > 0, 1 for gamma = 0
+    weight = None if spec.weight is None else spec.weight.to(torch.float64)
+    terms = mod if weight is None else mod * weight
+    if not need_grad:
+        return terms, terms, terms
+    positive = u > 0
+    k = torch.where(positive, mod * gamma / torch.where(positive, u, 1.0), 0.0)
+    if weight is not None:
+        k = k * weight
+    if spec.scale is not None:
+        k = k * spec.scale.to(torch.float64)
+    k = k / torch.where(live, den, 1.0).square()
+    coef_a = k * (tps * beta)
+    coef_b = -k * (tps * (alpha + beta) + num)
+    return terms, coef_a, coef_b
+
+
+def _class_dot(p: Tensor, a: Tensor, per_image: bool) -> Tensor:
+    """``sum_c p_ic a_c`` per position, ``(N, *)`` (``a``: ``(C,)`` or ``(N, C)``)."""
+    n, num_classes = p.shape[:2]
+    if p.dim() == 2:
+        return p @ a if not per_image else (p * a).sum(1)
+    if p.is_contiguous():
+        rows = p.view(n, num_classes, -1)
+        dot = torch.bmm(a.unsqueeze(1), rows).squeeze(1) if per_image else torch.matmul(a, rows)
+        return dot.view(p.shape[:1] + p.shape[2:])
+    view = a.view((-1, num_classes) + (1,) * (p.dim() - 2))
+    return (p * view).sum(1)
+
+
+def _pieces(p: Tensor, per_image: bool) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """Cache-sized pieces of ``p`` and the matching slices of an ``(N or 1, C, 1, ...)``
+    class-coefficient view."""
+    pieces = []
+    for xs in chunk_slices(p):
+        cs = xs[:1] if per_image else (slice(None),)
+        pieces.append((xs, cs))
+    return pieces
+
+
+def _index_grad(
+    spec: FocalTverskySpec, p: Tensor, a: Tensor, b: Tensor, shape: tuple, hard: _Hard
+) -> Tensor:
+    """``p`` holds the probabilities with 0 at the target entries; it becomes the gradient."""
+    idx, pos, p_t, q_t = hard.idx, hard.pos, hard.p_t, hard.q_t
+    if spec.per_image:
+        n = idx.shape[0]
+        flat = idx.reshape(n, -1)
+        a_t = a.gather(1, flat).view(idx.shape)
+        b_t = b.gather(1, flat).view(idx.shape)
+    else:
+        a_t, b_t = a[idx], b[idx]
+    a_view = a.view(shape)
+    if not spec.softmax:  # p q (A + B g)
+        grad = p.mul_(torch.sigmoid(spec.input.to(p.dtype).neg())).mul_(a_view)
+        g_t = p_t.mul_(q_t).mul_(a_t.add_(b_t))
+        if pos is not None:
+            g_t = torch.where(pos, g_t, grad.gather(1, idx))
+        return grad.scatter_(1, idx, g_t)
+    # Softmax: p_ic (A_c + B_c g_ic - dot_i), dot_i = sum_c p_ic A_c + p_it B_t.
+    s_t = a_t.add_(b_t)  # A_t + B_t
+    dot = _class_dot(p, a, spec.per_image).unsqueeze(1)
+    dot = dot.add_(s_t * p_t)  # the target entries (zeroed in p) add p_t (A_t + B_t)
+    for xs, cs in _pieces(p, spec.per_image):
+        p[xs].mul_(a_view[cs] - dot[(*xs[:1], slice(None), *xs[2:])])
+    return p.scatter_(1, idx, p_t.mul_(s_t.sub_(dot)))
+
+
+def _float_grad(
+    spec: FocalTverskySpec, p: Tensor, q: Tensor, a: Tensor, b: Tensor, shape: tuple
+) -> Tensor:
+    g = spec.target.to(p.dtype)
+    coef = torch.mul(g, b.view(shape)).add_(a.view(shape))  # A + B g
+    if not spec.softmax:
+        return coef.mul_(p).mul_(q)
+    dot = torch.mul(p, coef).sum(1, keepdim=True)
+    return coef.sub_(dot).mul_(p)
+
+
+def composite(spec: FocalTverskySpec, input: Tensor) -> Tensor:
+    """The focal Tversky loss of ``spec`` from differentiable operations at ``input``: the
+    per-class (per-image) terms for ``reduction="none"``, reduced otherwise."""
+    x = input.to(spec.compute_dtype)
+    num_classes = x.shape[1]
+    mask = None if spec.ignored is None else spec.ignored.unsqueeze(1)
+    if mask is not None:  # whatever ignored positions hold (NaN, inf) must not reach autograd
+        x = torch.where(mask, 0.0, x)
+    p = torch.softmax(x, 1) if spec.softmax else torch.sigmoid(x)
+    q = 1.0 - p if spec.softmax else torch.sigmoid(-x)
+    g = one_hot(spec.target, num_classes, x.dtype) if spec.index else spec.target.to(x.dtype)
+    if mask is not None:
+        p, q, g = (torch.where(mask, 0.0, v) for v in (p, q, g))
+    tp = _sum(p * g, spec.per_image)
+    fn = _sum(q * g, spec.per_image)
+    fp = _sum(p * (1.0 - g), spec.per_image)
+    num = spec.alpha * fn + spec.beta * fp
+    den = tp + num + spec.smooth
+    live = den > 0
+    u = torch.where(live, num / torch.where(live, den, 1.0), 0.0)
+    m = focal_modulator(u, spec.gamma, False)
+    terms = u * 0.0 + 1.0 if m is None else m  # gamma = 0: 1, still a function of input
+    if spec.weight is not None:
+        terms = terms * spec.weight
+    return reduce_composite(terms, spec)
