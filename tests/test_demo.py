@@ -1,4 +1,6 @@
-"""focalloss demo / plot end to end, the U-Net's shapes and the generated data."""
+"""focalloss demo (segmentation) / plot end to end, the U-Net's shapes and the generated data.
+
+The detection and calibration demos and the statistics: tests/test_demo_*.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from focalloss.cli import main
-from focalloss.demo.data import IGNORE_INDEX, NUM_CLASSES, make_dataset
+from focalloss.demo.data import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, make_dataset
 from focalloss.demo.unet import UNet
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -20,28 +22,68 @@ def _is_png(path) -> bool:
 
 
 def test_demo_quick_end_to_end(tmp_path):
+    """`focalloss demo --quick` (segmentation, the default task): files, metrics keys, every
+    per-seed value, the summary and the paired differences."""
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--losses", "ce,focal,seed", "--out", str(out)]) == 0
     assert _is_png(out / "demo.png")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert sum(metrics["class_frequencies"]) == pytest.approx(1.0)
-    assert len(metrics["class_frequencies"]) == NUM_CLASSES
-    assert [run["loss"] for run in metrics["runs"]] == ["ce", "focal", "seed"]
-    for run in metrics["runs"]:
-        for key in ("iou", "recall", "precision"):
-            assert len(run[key]) == NUM_CLASSES
-            assert all(0.0 <= v <= 1.0 for v in run[key])
-        assert 0.0 <= run["miou"] <= 1.0
-        assert 0.0 <= run["easy_loss_share"] <= 1.0
-        assert len(run["curve_loss"]) == metrics["config"]["steps"]
-        assert all(v == v and v >= 0 for v in run["curve_loss"])  # finite, non-negative
-    assert (out / "table.txt").read_text().startswith("loss")
+    assert metrics["demo"] == "segmentation"
+    assert metrics["command"].startswith("focalloss demo --quick")
+    for key in ("config", "machine", "seeds", "per_seed", "summary", "differences", "sentences"):
+        assert key in metrics
+    assert metrics["machine"]["torch"] == torch.__version__
+    assert metrics["machine"]["torch_threads"] == 1
+    seeds = metrics["seeds"]
+    assert seeds == [0, 1] and metrics["config"]["seeds"] == 2
+    assert metrics["losses"] == ["ce", "focal", "seed"] and metrics["baseline"] == "ce"
+    for loss in metrics["losses"]:
+        runs = metrics["per_seed"][loss]
+        assert [run["seed"] for run in runs] == seeds
+        for run in runs:
+            assert 0.0 <= run["miou"] <= 1.0
+            for kind in ("iou", "recall", "precision"):
+                for name in CLASS_NAMES:
+                    assert 0.0 <= run[f"{kind}_{name}"] <= 1.0
+            assert run["miou"] == pytest.approx(
+                sum(run[f"iou_{name}"] for name in CLASS_NAMES) / NUM_CLASSES
+            )
+            assert 0.0 <= run["easy_loss_share"] <= 1.0
+        curves = metrics["curves"][loss]
+        assert all(len(c["train_loss"]) == metrics["config"]["steps"] for c in curves)
+        assert all(v == v and v >= 0 for c in curves for v in c["train_loss"])
+        summary = metrics["summary"][loss]["miou"]
+        assert summary["values"] == [run["miou"] for run in runs]
+    for loss in ("focal", "seed"):
+        diff = metrics["differences"][loss]["miou"]
+        paired = [
+            a["miou"] - b["miou"]
+            for a, b in zip(metrics["per_seed"][loss], metrics["per_seed"]["ce"], strict=True)
+        ]
+        assert diff["mean"] == pytest.approx(sum(paired) / len(paired))
+        assert diff["n"] == 2 and diff["low"] <= diff["mean"] <= diff["high"]
+        assert "95% paired t-interval" in diff["sentence"]
+    assert len(metrics["sentences"]) == 4  # mIoU and rarest-class IoU for two losses
+    table = (out / "table.txt").read_text()
+    assert table.startswith("segmentation:") and "precision scratches" in table
 
 
 def test_demo_balanced_alpha_and_bad_arguments(tmp_path):
-    assert main(["demo", "--quick", "--alpha", "balanced", "--out", str(tmp_path / "b")]) == 0
+    out = tmp_path / "b"
+    assert main(["demo", "--quick", "--alpha", "balanced", "--seeds", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["alpha"] == "balanced"
+    assert "one seed gives no interval" in metrics["sentences"][0]
     with pytest.raises(ValueError, match="losses: expected names from"):
         main(["demo", "--quick", "--losses", "ce,dice", "--out", str(tmp_path / "c")])
+    with pytest.raises(ValueError, match="seeds: expected at least 1 seed, got 0"):
+        main(["demo", "--quick", "--seeds", "0", "--out", str(tmp_path / "d")])
+    with pytest.raises(ValueError, match="--image-size: not an option of focalloss demo calib"):
+        main(["demo", "calibration", "--quick", "--image-size", "32", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--gamma: not an option of focalloss demo detection"):
+        main(["demo", "detection", "--quick", "--gamma", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["demo", "classification"])
 
 
 @pytest.mark.parametrize("size", [(16, 16), (32, 48), (17, 23), (5, 9), (64, 1)])

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..functional import focal_loss
 from .data import CLASS_NAMES, IGNORE_INDEX, SegmentationSet
-
-if TYPE_CHECKING:
-    from .run import RunResult
 
 GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
 
@@ -34,47 +30,85 @@ def _colour_mask(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def demo_figure(
-    results: list[RunResult],
-    val: SegmentationSet,
-    predictions: dict[str, torch.Tensor],
-    path: Path,
-    examples: int = 3,
+def _layout(fig) -> None:
+    """Fixed margins (``tight_layout`` costs seconds on a figure of twenty panels)."""
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.05, top=0.9, wspace=0.55, hspace=0.4)
+
+
+def paired_seeds(ax, metrics: dict, key: str, title: str) -> None:
+    """One line per seed across the losses (the comparison is paired by seed)."""
+    losses = metrics["losses"]
+    per_seed = metrics["per_seed"]
+    for index in range(len(metrics["seeds"])):
+        ys = [per_seed[name][index][key] for name in losses]
+        ax.plot(range(len(losses)), ys, marker="o", color="0.6", lw=0.8, ms=3)
+        if index == 0:
+            ax.plot([], [], color="0.6", marker="o", lw=0.8, ms=3, label="one seed")
+    means = [metrics["summary"][name][key]["mean"] for name in losses]
+    ax.plot(range(len(losses)), means, marker="s", color="k", lw=2, label="mean")
+    ax.set_xticks(range(len(losses)))
+    ax.set_xticklabels(losses, rotation=20, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def forest(ax, metrics: dict, keys: list[tuple[str, str]], title: str) -> None:
+    """Paired differences to the baseline with their 95% t-intervals, one row per
+    (loss, metric); the dashed line is no difference."""
+    rows = []
+    for loss, entry in metrics["differences"].items():
+        for key, label in keys:
+            if key in entry:
+                rows.append((f"{loss}: {label}", entry[key]))
+    for y, (_, diff) in enumerate(rows):
+        low, high = diff["low"], diff["high"]
+        colour = "tab:blue" if diff["distinguishable"] else "0.5"
+        if math.isfinite(low) and math.isfinite(high):
+            ax.plot([low, high], [y, y], color=colour, lw=2)
+        ax.plot([diff["mean"]], [y], marker="o", color=colour)
+    ax.axvline(0.0, color="k", ls="--", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([name for name, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_title(f"{title} to {metrics['baseline']}\n(mean, 95% paired t-interval)", fontsize=10)
+
+
+def segmentation_figure(
+    metrics: dict, val: SegmentationSet, predictions: dict[str, torch.Tensor], path: Path
 ) -> None:
-    """Training curves, per-class IoU bars and a few validation images with predictions."""
+    """Per-seed mIoU, per-class IoU over seeds, the differences with intervals, the training
+    curves of the first seed and a few validation images of the first seed."""
     plt = _pyplot()
-    columns = 2 + len(results)
-    fig = plt.figure(figsize=(3.2 * max(columns, 4), 3.0 * (1 + examples)))
-    grid = fig.add_gridspec(1 + examples, max(columns, 4))
-    ax = fig.add_subplot(grid[0, :2])
-    for r in results:
-        window = max(1, len(r.curve_loss) // 30)
-        smooth = (
-            torch.tensor(r.curve_loss).unfold(0, window, 1).mean(1)
-            if len(r.curve_loss) >= window
-            else torch.tensor(r.curve_loss)
-        )
-        ax.plot(r.curve_steps[window - 1 :], smooth.tolist(), label=f"{r.loss} (train loss)")
+    examples = metrics["config"]["examples"]
+    losses = metrics["losses"]
+    columns = max(4, 2 + len(losses))
+    fig = plt.figure(figsize=(3.4 * columns, 3.1 * (1 + examples)))
+    grid = fig.add_gridspec(1 + examples, columns)
+    paired_seeds(fig.add_subplot(grid[0, 0]), metrics, "miou", "validation mIoU per seed")
+    ax = fig.add_subplot(grid[0, 1])
+    width = 0.8 / len(losses)
+    for i, name in enumerate(losses):
+        stats = [metrics["summary"][name][f"iou_{c}"] for c in CLASS_NAMES]
+        xs = [c + i * width for c in range(len(CLASS_NAMES))]
+        sds = [s["sd"] if math.isfinite(s["sd"]) else 0.0 for s in stats]
+        ax.bar(xs, [s["mean"] for s in stats], width=width, yerr=sds, capsize=2, label=name)
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(CLASS_NAMES))])
+    ax.set_xticklabels(CLASS_NAMES, rotation=20, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("per-class IoU, mean +- sd over seeds", fontsize=10)
+    ax.legend(fontsize=7)
+    keys = [("miou", "mIoU")] + [(f"iou_{c}", f"IoU {c}") for c in CLASS_NAMES[1:]]
+    forest(fig.add_subplot(grid[0, 2]), metrics, keys, "difference")
+    ax = fig.add_subplot(grid[0, 3])
+    for name in losses:
+        curve = metrics["curves"][name][0]["train_loss"]
+        window = max(1, len(curve) // 30)
+        smooth = torch.tensor(curve).unfold(0, window, 1).mean(1)
+        ax.plot(range(window, len(curve) + 1), smooth.tolist(), label=name)
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_title("training loss (each in its own units)")
-    ax.legend(fontsize=8)
-    ax2 = fig.add_subplot(grid[0, 2])
-    for r in results:
-        ax2.plot(r.eval_steps, r.eval_miou, marker="o", label=r.loss)
-    ax2.set_xlabel("step")
-    ax2.set_title("validation mIoU")
-    ax2.legend(fontsize=8)
-    ax3 = fig.add_subplot(grid[0, 3])
-    width = 0.8 / max(1, len(results))
-    for i, r in enumerate(results):
-        xs = [c + i * width for c in range(len(CLASS_NAMES))]
-        ax3.bar(xs, r.iou, width=width, label=r.loss)
-    ax3.set_xticks([c + 0.4 - width / 2 for c in range(len(CLASS_NAMES))])
-    ax3.set_xticklabels(CLASS_NAMES, rotation=20, fontsize=8)
-    ax3.set_ylim(0, 1)
-    ax3.set_title("per-class IoU (validation)")
-    ax3.legend(fontsize=8)
+    ax.set_title(f"training loss, seed {metrics['seeds'][0]} (own units)", fontsize=10)
+    ax.legend(fontsize=7)
     for row in range(examples):
         i = row % len(val.images)
         panels = [("input", val.images[i, 0]), ("ground truth", _colour_mask(val.masks[i]))]
@@ -88,9 +122,152 @@ def demo_figure(
             axis.imshow(image.numpy(), cmap="gray" if image.dim() == 2 else None)
             axis.set_title(title, fontsize=9)
             axis.axis("off")
-    fig.suptitle("focalloss demo: cross-entropy vs focal loss on imbalanced segmentation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.suptitle(
+        f"focalloss demo segmentation: {len(metrics['seeds'])} seeds "
+        f"(examples: seed {metrics['seeds'][0]})"
+    )
+    _layout(fig)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+BOX_COLOURS = ("tab:orange", "tab:cyan", "tab:pink")
+
+
+def detection_figure(
+    metrics: dict,
+    val,
+    predictions: dict[str, tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]],
+    path: Path,
+    min_score: float = 0.3,
+    max_boxes: int = 5,
+) -> None:
+    """Per-seed AP and AP50, the differences with intervals, the easy-negative loss share,
+    and validation images of the first seed with ground truth (white, dashed) and predicted
+    boxes (the 5 best-scored with score >= 0.3, one colour per class)."""
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    examples = metrics["config"]["examples"]
+    losses = metrics["losses"]
+    columns = max(4, 1 + len(losses))
+    fig = plt.figure(figsize=(3.3 * columns, 3.3 * (1 + examples)))
+    grid = fig.add_gridspec(1 + examples, columns)
+    paired_seeds(fig.add_subplot(grid[0, 0]), metrics, "ap", "COCO AP per seed")
+    paired_seeds(fig.add_subplot(grid[0, 1]), metrics, "ap50", "AP50 per seed")
+    forest(fig.add_subplot(grid[0, 2]), metrics, [("ap", "AP"), ("ap50", "AP50")], "difference")
+    ax = fig.add_subplot(grid[0, 3])
+    stats = [metrics["summary"][name]["easy_negative_loss_share"] for name in losses]
+    sds = [s["sd"] if math.isfinite(s["sd"]) else 0.0 for s in stats]
+    ax.bar(range(len(losses)), [s["mean"] for s in stats], yerr=sds, capsize=3, color="0.5")
+    ax.set_xticks(range(len(losses)))
+    ax.set_xticklabels(losses, rotation=20, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("loss share of easy negatives\n(validation, mean +- sd)", fontsize=10)
+    class_names = metrics["class_names"]
+    for row in range(examples):
+        i = row % len(val.images)
+        for col, name in enumerate(["ground truth", *losses]):
+            axis = fig.add_subplot(grid[1 + row, col])
+            axis.imshow(val.images[i, 0].numpy(), cmap="gray")
+            for box, label in zip(val.boxes[i].tolist(), val.labels[i].tolist(), strict=True):
+                x0, y0, x1, y1 = box
+                axis.add_patch(
+                    Rectangle(
+                        (x0 - 0.5, y0 - 0.5),
+                        x1 - x0,
+                        y1 - y0,
+                        fill=False,
+                        ec="white",
+                        ls="--",
+                        lw=1,
+                    )
+                )
+                if col == 0:
+                    axis.text(x0, y0 - 1, class_names[label], color="white", fontsize=7)
+            if col > 0:
+                boxes, scores, labels = (t[i][:max_boxes] for t in predictions[name])
+                for box, score, label in zip(
+                    boxes.tolist(), scores.tolist(), labels.tolist(), strict=True
+                ):
+                    if score < min_score:
+                        continue
+                    x0, y0, x1, y1 = box
+                    colour = BOX_COLOURS[label % len(BOX_COLOURS)]
+                    axis.add_patch(
+                        Rectangle(
+                            (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=colour, lw=1.2
+                        )
+                    )
+                    axis.text(
+                        x0, y1 + 3, f"{class_names[label]} {score:.2f}", color=colour, fontsize=6
+                    )
+            axis.set_title(name, fontsize=9)
+            axis.axis("off")
+    fig.suptitle(
+        f"focalloss demo detection: {len(metrics['seeds'])} seeds (examples: seed "
+        f"{metrics['seeds'][0]}; up to {max_boxes} boxes with score >= {min_score})"
+    )
+    _layout(fig)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def calibration_figure(metrics: dict, path: Path) -> None:
+    """Reliability diagrams pooled over seeds (before and after temperature scaling) for each
+    loss, and the ECE / NLL differences with their intervals."""
+    plt = _pyplot()
+    losses = metrics["losses"]
+    columns = len(losses) + 1
+    fig, axes = plt.subplots(2, columns, figsize=(3.0 * columns, 6.2), squeeze=False)
+    bins = metrics["ece_bins"]
+    edges = [k / bins for k in range(bins + 1)]
+    for col, name in enumerate(losses):
+        for row, key in enumerate(("probs", "probs_ts")):
+            ax = axes[row][col]
+            rel = metrics["reliability_pooled"][name][key]
+            filled = [c > 0 for c in rel["count"]]
+            lefts = [edges[k] for k in range(bins) if filled[k]]
+            accs = [rel["accuracy"][k] for k in range(bins) if filled[k]]
+            confs = [rel["confidence"][k] for k in range(bins) if filled[k]]
+            ax.bar(
+                lefts,
+                accs,
+                width=1 / bins,
+                align="edge",
+                color="tab:blue",
+                ec="k",
+                lw=0.4,
+                label="accuracy",
+            )
+            ax.bar(
+                lefts,
+                [c - a for c, a in zip(confs, accs, strict=True)],
+                bottom=accs,
+                width=1 / bins,
+                align="edge",
+                color="tab:red",
+                alpha=0.3,
+                label="gap",
+            )
+            ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.text(0.04, 0.9, f"ECE {rel['pooled_ece']:.3f}", fontsize=8)
+            ax.set_title(f"{name}{' after TS' if row else ''}", fontsize=9)
+            if row == 1:
+                ax.set_xlabel("confidence", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("accuracy", fontsize=8)
+                ax.legend(fontsize=7, loc="lower right")
+    forest(axes[0][-1], metrics, [("ece", "ECE"), ("ece_ts", "ECE after TS")], "difference")
+    forest(axes[1][-1], metrics, [("nll", "NLL"), ("nll_ts", "NLL after TS")], "difference")
+    fig.suptitle(
+        f"focalloss demo calibration: reliability on the test splits of "
+        f"{len(metrics['seeds'])} seeds pooled ({bins} bins); right: paired differences"
+    )
+    _layout(fig)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
