@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # Bytes of chunk work per call (see ``plan``), by device type.
-BUDGET_BYTES = {"cpu": 32 << 20, "cuda": 256 << 20}
+BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}
 # Below this many rows per chunk the matmuls lose efficiency: use class blocks instead.
 MIN_ROWS = 32
 # Smallest class block.
@@ -109,7 +109,7 @@ def plan(
     """``(rows, block)``: rows per chunk and classes per block (``block == V``: no blocks).
 
     ``chunk_size > 0`` is the caller's row count (no class blocks). Otherwise, with ``B`` the
-    budget (32 MiB on the CPU, 256 MiB on CUDA) and ``b = bytes_per_logit``:
+    budget (64 MiB on the CPU, 256 MiB on CUDA) and ``b = bytes_per_logit``:
     ``rows = B // (V * b)``, capped at ``N`` and evened out over ``ceil(N / rows)`` chunks; if
     that is below ``min(N, 32)`` rows (``V * b > B / 32``), the PyTorch backend keeps
     ``min(N, 32)`` rows and splits the classes into blocks of ``B // (rows * b)`` (at least

@@ -90,7 +90,7 @@ def linear_focal_loss(
     the ``classifier`` gradient in that dtype chunk by chunk), the loss math in float32
     (float64 for float64 inputs); the loss is float32 for half inputs.
 
-    Chunk rule (``chunk_size=None``): with ``B`` = 32 MiB on the CPU and 256 MiB on CUDA and
+    Chunk rule (``chunk_size=None``): with ``B`` = 64 MiB on the CPU and 256 MiB on CUDA and
     ``b`` the bytes of work per logit (the compute dtype's size, plus the half logits' for
     float16/bfloat16, times 5 with label smoothing, plus one more compute-dtype buffer with
     ``logit_softcap``; the Triton kernel works in place: the input dtype's size), a chunk has
