@@ -96,12 +96,28 @@ def test_calibration_quick_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("task", ["segmentation", "detection", "calibration"])
 def test_one_seed_is_deterministic(task, tmp_path):
-    """One seed run twice in one process on one machine gives the same metrics."""
+    """One seed run twice on one machine gives the same metrics."""
+    _check_repeatable(task, tmp_path, jobs=(1, 1))
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_results(tmp_path):
+    """Runs in two spawned worker processes equal the runs in the main process."""
+    _check_repeatable("calibration", tmp_path, jobs=(1, 2))
+
+
+def _check_repeatable(task: str, tmp_path, jobs: tuple[int, int]) -> None:
     from focalloss.demo import run_task
 
     def once(i: int) -> dict:
         metrics = run_task(
-            task, quick=True, seeds=1, seed=3, out=str(tmp_path / str(i)), print_fn=lambda _: None
+            task,
+            quick=True,
+            seeds=1,
+            seed=3,
+            jobs=jobs[i],
+            out=str(tmp_path / str(i)),
+            print_fn=lambda _: None,
         )
         runs = metrics["per_seed"]
         return {

@@ -98,7 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--device", default=None, choices=["cpu", "cuda"])
     demo.add_argument("--out", default=None, help="output directory (default focalloss-demo/TASK)")
-    demo.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default 1)")
+    demo.add_argument(
+        "--threads", type=int, default=None, help="torch threads per process (default 1)"
+    )
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes running the (seed, loss) runs (default: 2, or 1 on one core)",
+    )
     demo.add_argument("--quick", action="store_true", help="a few-second smoke run")
     plot = sub.add_parser("plot", help="the paper's Figure 1 and gradient magnitudes, as PNG")
     plot.add_argument("--out", default="focalloss-plots", help="output directory")

@@ -20,8 +20,10 @@ before and after temperature scaling. This demo checks that claim at a small sca
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,9 +42,11 @@ from .common import (
     format_summary,
     machine_info,
     resolve_device,
+    run_grid,
     seed_list,
     summarise,
     try_figure,
+    worker_position,
     write_outputs,
 )
 from .stats import (
@@ -138,11 +142,12 @@ class CalibrationConfig:
     losses: tuple[str, ...] = field(default_factory=available_losses)
     device: str = "cpu"
     out: str = "focalloss-demo/calibration"
-    threads: int | None = 1  # torch threads; 1: see the module docstring of .common
+    threads: int | None = 1  # torch threads per process; see the module docstring of .common
+    jobs: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))  # processes
 
     @classmethod
     def quick(cls, **overrides: object) -> CalibrationConfig:
-        values: dict[str, object] = dict(seeds=2, steps=30, hidden=32)
+        values: dict[str, object] = dict(jobs=1, seeds=2, steps=30, hidden=32)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
@@ -159,6 +164,7 @@ class Splits:
     train_counts: list[int]  # per class index
 
 
+@functools.lru_cache(maxsize=1)
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
     """scikit-learn's digits as ``(1797, 64)`` float32 in [0, 1] and ``(1797,)`` labels."""
     try:
@@ -251,7 +257,7 @@ def train_one(
     order = torch.Generator().manual_seed(seed + 1)
     x, y = splits.train_x.to(device), splits.train_y.to(device)
     curve: list[float] = []
-    bar = Progress(config.steps, f"seed {seed} {entry.name}", position=1)
+    bar = Progress(config.steps, f"seed {seed} {entry.name}", position=worker_position())
     clock = Clock()
     for _ in range(config.steps):
         index = torch.randint(0, len(x), (config.batch_size,), generator=order).to(device)
@@ -272,6 +278,27 @@ def train_one(
     return values, curve, logits_test, temperature
 
 
+def run_one(config: CalibrationConfig, seed: int, name: str) -> dict[str, object]:
+    """One loss on one seed: the splits, initial weights and batch order come from ``seed``;
+    runs in the main process or a worker."""
+    device = torch.device(config.device)
+    x, y = load_digits_tensors()
+    splits = make_splits(x, y, seed)
+    torch.manual_seed(seed)
+    initial = MLP(config.hidden).state_dict()
+    values, curve, logits, _ = train_one(loss_entry(name), config, seed, splits, initial, device)
+    return {
+        "values": values,
+        "curve": curve,
+        "logits": logits,
+        "labels": splits.test_y,
+        "data": {
+            "class_order_head_to_tail": splits.class_order,
+            "train_counts": splits.train_counts,
+        },
+    }
+
+
 def metric_list() -> list[Metric]:
     return [
         Metric("accuracy", "accuracy", headline=True),
@@ -287,7 +314,9 @@ def metric_list() -> list[Metric]:
 
 
 def check_config(config: CalibrationConfig) -> None:
-    check_common("calibration", config.seeds, config.seed, config.losses, LOSSES)
+    check_common(
+        "calibration", config.seeds, config.seed, config.losses, LOSSES, config.jobs, config.device
+    )
     for name in config.losses:
         loss_entry(name)
     for key in ("steps", "batch_size", "hidden"):
@@ -302,7 +331,7 @@ def run_calibration(
 ) -> dict[str, object]:
     """Run every loss on every seed; print and write the summary; return the metrics."""
     check_config(config)
-    x, y = load_digits_tensors()
+    load_digits_tensors()  # a clear error before any work when scikit-learn is missing
     device = resolve_device(config.device, config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,37 +339,37 @@ def run_calibration(
     machine = machine_info(device)
     seeds = seed_list(config.seed, config.seeds)
     entries = [loss_entry(name) for name in config.losses]
+    items = [(seed, e.name) for seed in seeds for e in entries]
+    results = run_grid(
+        functools.partial(run_one, config),
+        items,
+        config.jobs,
+        config.threads,
+        "calibration runs",
+        lambda item, r: {
+            "seed": str(item[0]),
+            "loss": str(item[1]),
+            "ECE": f"{r['values']['ece']:.3f}",  # type: ignore[index]
+        },
+    )
     per_seed: dict[str, list[dict[str, float]]] = {e.name: [] for e in entries}
     curves: dict[str, list[dict[str, object]]] = {e.name: [] for e in entries}
     pooled: dict[str, dict[str, list[Tensor]]] = {
         e.name: {"probs": [], "probs_ts": [], "labels": []} for e in entries
     }
     data_stats = []
-    runs = Progress(len(seeds) * len(entries), "calibration runs", leave=True, position=0)
-    for seed in seeds:
-        splits = make_splits(x, y, seed)
-        data_stats.append(
-            {
-                "seed": seed,
-                "class_order_head_to_tail": splits.class_order,
-                "train_counts": splits.train_counts,
-            }
-        )
-        torch.manual_seed(seed)
-        initial_state = {k: v.clone() for k, v in MLP(config.hidden).state_dict().items()}
-        for entry in entries:
-            values, curve, logits, temperature = train_one(
-                entry, config, seed, splits, initial_state, device
-            )
-            per_seed[entry.name].append({"seed": seed, **values})
-            curves[entry.name].append(
-                {"seed": seed, "train_loss": curve[:: max(1, len(curve) // 300)]}
-            )
-            pooled[entry.name]["probs"].append(torch.softmax(logits.double(), 1))
-            pooled[entry.name]["probs_ts"].append(torch.softmax(logits.double() / temperature, 1))
-            pooled[entry.name]["labels"].append(splits.test_y)
-            runs.update({"seed": str(seed), "loss": entry.name, "ECE": f"{values['ece']:.3f}"})
-    runs.close()
+    for (seed, name), result in zip(items, results, strict=True):
+        values = result["values"]
+        per_seed[name].append({"seed": seed, **values})  # type: ignore[dict-item]
+        curve = result["curve"]
+        curves[name].append({"seed": seed, "train_loss": curve[:: max(1, len(curve) // 300)]})  # type: ignore[index,arg-type]
+        logits = result["logits"]
+        temperature = values["temperature"]  # type: ignore[index]
+        pooled[name]["probs"].append(torch.softmax(logits.double(), 1))  # type: ignore[union-attr]
+        pooled[name]["probs_ts"].append(torch.softmax(logits.double() / temperature, 1))  # type: ignore[union-attr]
+        pooled[name]["labels"].append(result["labels"])  # type: ignore[arg-type]
+        if name == entries[0].name:
+            data_stats.append({"seed": seed, **result["data"]})  # type: ignore[dict-item]
 
     reliability: dict[str, object] = {}
     for name, parts in pooled.items():

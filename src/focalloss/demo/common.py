@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,52 @@ class Progress:
             self.bar.close()
 
 
+def worker_position() -> int:
+    """The progress-bar line of this process: 1 in the main process, 1 + the worker's number
+    in a worker (the runs' outer bar is line 0)."""
+    identity = multiprocessing.current_process()._identity
+    return 1 + (identity[0] if identity else 0)
+
+
+def _init_worker(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def run_grid(
+    fn: Callable[..., dict[str, object]],
+    items: Sequence[tuple[object, ...]],
+    jobs: int,
+    threads: int | None,
+    description: str,
+    postfix: Callable[[tuple[object, ...], dict[str, object]], dict[str, str]],
+) -> list[dict[str, object]]:
+    """``[fn(*item) for item in items]``, in ``jobs`` worker processes when ``jobs > 1``.
+
+    Each run seeds everything it draws from its own arguments, so the results do not depend
+    on ``jobs`` or on the order in which runs finish. Workers are started with ``spawn`` and
+    run ``threads`` torch threads each.
+    """
+    outer = Progress(len(items), description, leave=True, position=0)
+    results: list[dict[str, object] | None] = [None] * len(items)
+    if jobs <= 1:
+        for index, item in enumerate(items):
+            results[index] = fn(*item)
+            outer.update(postfix(item, results[index]))  # type: ignore[arg-type]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(fn, *item): index for index, item in enumerate(items)}
+            for future in as_completed(futures):
+                index = futures[future]
+                results[index] = future.result()
+                outer.update(postfix(items[index], results[index]))  # type: ignore[arg-type]
+    outer.close()
+    return results  # type: ignore[return-value]
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
     try:
@@ -94,8 +142,20 @@ def machine_info(device: torch.device) -> dict[str, object]:
 
 
 def check_common(
-    task: str, seeds: int, first_seed: int, losses: Sequence[str], known: Sequence[str]
+    task: str,
+    seeds: int,
+    first_seed: int,
+    losses: Sequence[str],
+    known: Sequence[str],
+    jobs: int = 1,
+    device: str = "cpu",
 ) -> None:
+    if jobs < 1:
+        raise ValueError(f"jobs: expected at least 1 process, got {jobs}")
+    if jobs > 1 and device != "cpu":
+        raise ValueError(
+            f"jobs: worker processes are for device='cpu', got jobs={jobs} with device={device!r}"
+        )
     if seeds < 1:
         raise ValueError(f"seeds: expected at least 1 seed, got {seeds}")
     if first_seed < 0:

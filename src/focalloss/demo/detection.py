@@ -22,7 +22,9 @@ every location, and the background anchors outnumber the object anchors by more 
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,9 +44,11 @@ from .common import (
     format_summary,
     machine_info,
     resolve_device,
+    run_grid,
     seed_list,
     summarise,
     try_figure,
+    worker_position,
     write_outputs,
 )
 from .stats import INTERVAL_METHOD
@@ -429,12 +433,14 @@ class DetectionConfig:
     losses: tuple[str, ...] = field(default_factory=available_losses)
     device: str = "cpu"
     out: str = "focalloss-demo/detection"
-    threads: int | None = 1  # torch threads; 1: see the module docstring of .common
+    threads: int | None = 1  # torch threads per process; see the module docstring of .common
+    jobs: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))  # processes
     examples: int = 3  # validation images in the figure
 
     @classmethod
     def quick(cls, **overrides: object) -> DetectionConfig:
         values: dict[str, object] = dict(
+            jobs=1,
             examples=1,
             seeds=2,
             steps=4,
@@ -607,7 +613,7 @@ def train_one(
     order = torch.Generator().manual_seed(seed + 1)
     anchors_d = anchors.to(device)
     curve: dict[str, list[float]] = {"cls_loss": [], "box_loss": []}
-    bar = Progress(config.steps, f"seed {seed} {entry.name}", position=1)
+    bar = Progress(config.steps, f"seed {seed} {entry.name}", position=worker_position())
     clock = Clock()
     for _ in range(config.steps):
         index = torch.randint(0, len(train.images), (config.batch_size,), generator=order)
@@ -637,6 +643,46 @@ def train_one(
     return values, curve, (boxes, scores, labels)
 
 
+@functools.lru_cache(maxsize=1)
+def _data(
+    train_images: int, val_images: int, size: int, seed: int
+) -> tuple[DetectionSet, _Targets, DetectionSet, _Targets]:
+    anchors = make_anchors(size // STRIDE)
+    train = make_detection_set(train_images, size, seed)
+    val = make_detection_set(val_images, size, seed + 10_000)
+    return train, build_targets(train, anchors), val, build_targets(val, anchors)
+
+
+def run_one(config: DetectionConfig, seed: int, name: str) -> dict[str, object]:
+    """One loss on one seed: the data, initial weights (all but the classifier bias, which the
+    entry sets) and batch order come from ``seed``; runs in the main process or a worker."""
+    device = torch.device(config.device)
+    train, train_targets, val, val_targets = _data(
+        config.train_images, config.val_images, config.image_size, seed
+    )
+    anchors = make_anchors(config.image_size // STRIDE)
+    torch.manual_seed(seed)
+    initial = TinyRetinaNet(NUM_CLASSES, config.width).state_dict()
+    values, curve, pred = train_one(
+        loss_entry(name),
+        config,
+        seed,
+        train,
+        train_targets,
+        val,
+        val_targets,
+        anchors,
+        initial,
+        device,
+    )
+    return {
+        "values": values,
+        "curve": curve,
+        "pred": pred if seed == config.seed else None,
+        "data": imbalance(train_targets),
+    }
+
+
 def metric_list() -> list[Metric]:
     return [
         Metric("ap", "AP", headline=True),
@@ -648,7 +694,9 @@ def metric_list() -> list[Metric]:
 
 
 def check_config(config: DetectionConfig) -> None:
-    check_common("detection", config.seeds, config.seed, config.losses, LOSSES)
+    check_common(
+        "detection", config.seeds, config.seed, config.losses, LOSSES, config.jobs, config.device
+    )
     for name in config.losses:
         loss_entry(name)
     for key in ("steps", "batch_size", "width", "train_images", "val_images"):
@@ -678,40 +726,34 @@ def run_detection(
     seeds = seed_list(config.seed, config.seeds)
     entries = [loss_entry(name) for name in config.losses]
     anchors = make_anchors(config.image_size // STRIDE)
+    items = [(seed, e.name) for seed in seeds for e in entries]
+    results = run_grid(
+        functools.partial(run_one, config),
+        items,
+        config.jobs,
+        config.threads,
+        "detection runs",
+        lambda item, r: {
+            "seed": str(item[0]),
+            "loss": str(item[1]),
+            "AP": f"{r['values']['ap']:.3f}",  # type: ignore[index]
+        },
+    )
     per_seed: dict[str, list[dict[str, float]]] = {e.name: [] for e in entries}
     curves: dict[str, list[dict[str, object]]] = {e.name: [] for e in entries}
     data_stats = []
-    first: dict[str, object] = {}
-    runs = Progress(len(seeds) * len(entries), "detection runs", leave=True, position=0)
-    for seed in seeds:
-        train = make_detection_set(config.train_images, config.image_size, seed)
-        val = make_detection_set(config.val_images, config.image_size, seed + 10_000)
-        train_targets, val_targets = build_targets(train, anchors), build_targets(val, anchors)
-        data_stats.append({"seed": seed, **imbalance(train_targets)})
-        torch.manual_seed(seed)
-        initial = TinyRetinaNet(NUM_CLASSES, config.width).state_dict()
-        initial_state = {k: v.clone() for k, v in initial.items()}
-        predictions = {}
-        for entry in entries:
-            values, curve, pred = train_one(
-                entry,
-                config,
-                seed,
-                train,
-                train_targets,
-                val,
-                val_targets,
-                anchors,
-                initial_state,
-                device,
-            )
-            per_seed[entry.name].append({"seed": seed, **values})
-            curves[entry.name].append({"seed": seed, **curve})
-            predictions[entry.name] = pred
-            runs.update({"seed": str(seed), "loss": entry.name, "AP": f"{values['ap']:.3f}"})
-        if not first:
-            first = {"val": val, "predictions": predictions}
-    runs.close()
+    predictions = {}
+    for (seed, name), result in zip(items, results, strict=True):
+        per_seed[name].append({"seed": seed, **result["values"]})  # type: ignore[dict-item]
+        curves[name].append({"seed": seed, **result["curve"]})  # type: ignore[dict-item]
+        if name == entries[0].name:
+            data_stats.append({"seed": seed, **result["data"]})  # type: ignore[dict-item]
+        if seed == seeds[0]:
+            predictions[name] = result["pred"]
+    first = {
+        "val": make_detection_set(config.val_images, config.image_size, seeds[0] + 10_000),
+        "predictions": predictions,
+    }
 
     spec = metric_list()
     baseline = entries[0].name

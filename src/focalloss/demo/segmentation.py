@@ -11,9 +11,11 @@ optionally class-balanced alpha), ``seed`` (the seed module's training behaviour
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -31,9 +33,11 @@ from .common import (
     format_summary,
     machine_info,
     resolve_device,
+    run_grid,
     seed_list,
     summarise,
     try_figure,
+    worker_position,
     write_outputs,
 )
 from .data import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SegmentationSet, make_dataset
@@ -64,13 +68,15 @@ class SegmentationConfig:
     device: str = "cpu"
     out: str = "focalloss-demo/segmentation"
     eval_every: int = 50
-    threads: int | None = 1  # torch threads; 1: see the module docstring of .common
+    threads: int | None = 1  # torch threads per process; see the module docstring of .common
+    jobs: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))  # processes
     examples: int = 3  # validation images in the figure
 
     @classmethod
     def quick(cls, **overrides: object) -> SegmentationConfig:
         """A smoke run of a few seconds (for tests and ``--quick``)."""
         values: dict[str, object] = dict(
+            jobs=1,
             examples=1,
             seeds=2,
             steps=6,
@@ -207,7 +213,7 @@ def train_one(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     order = torch.Generator().manual_seed(seed + 1)  # the same batch order for every loss
     curve: dict[str, list[float]] = {"train_loss": [], "eval_steps": [], "eval_miou": []}
-    bar = Progress(config.steps, f"seed {seed} {name}", position=1)
+    bar = Progress(config.steps, f"seed {seed} {name}", position=worker_position())
     clock = Clock()
     for step in range(1, config.steps + 1):
         index = torch.randint(0, len(train.images), (config.batch_size,), generator=order)
@@ -237,8 +243,43 @@ def train_one(
     return values, curve, pred
 
 
+@functools.lru_cache(maxsize=2)
+def _data(
+    train_images: int, val_images: int, size: int, seed: int
+) -> tuple[SegmentationSet, SegmentationSet]:
+    train = make_dataset(train_images, size, seed=seed)
+    return train, make_dataset(val_images, size, seed=seed + 10_000)
+
+
+def run_one(config: SegmentationConfig, seed: int, name: str) -> dict[str, object]:
+    """One loss on one seed: the data, initial weights and batch order all come from ``seed``
+    (the same for every loss); runs in the main process or in a worker."""
+    device = torch.device(config.device)
+    train, val = _data(config.train_images, config.val_images, config.image_size, seed)
+    torch.manual_seed(seed)
+    initial = UNet(1, NUM_CLASSES, width=config.width).state_dict()
+    values, curve, pred = train_one(name, config, seed, train, val, initial, device)
+    return {
+        "values": values,
+        "curve": curve,
+        "pred": pred if seed == config.seed else None,
+        "data": {
+            "class_frequencies": train.class_frequencies(),
+            "ignored_fraction": train.ignored_fraction(),
+        },
+    }
+
+
 def check_config(config: SegmentationConfig) -> None:
-    check_common("segmentation", config.seeds, config.seed, config.losses, LOSSES)
+    check_common(
+        "segmentation",
+        config.seeds,
+        config.seed,
+        config.losses,
+        LOSSES,
+        config.jobs,
+        config.device,
+    )
     if config.alpha not in ("none", "balanced"):
         raise ValueError(f"alpha: expected 'none' or 'balanced', got {config.alpha!r}")
     for key in ("steps", "batch_size", "train_images", "val_images", "width", "eval_every"):
@@ -262,34 +303,34 @@ def run_segmentation(
     machine = machine_info(device)
     seeds = seed_list(config.seed, config.seeds)
     losses = list(config.losses)
+    items = [(seed, name) for seed in seeds for name in losses]
+    results = run_grid(
+        functools.partial(run_one, config),
+        items,
+        config.jobs,
+        config.threads,
+        "segmentation runs",
+        lambda item, r: {
+            "seed": str(item[0]),
+            "loss": str(item[1]),
+            "mIoU": f"{r['values']['miou']:.3f}",
+        },  # type: ignore[index]
+    )
     per_seed: dict[str, list[dict[str, float]]] = {name: [] for name in losses}
     curves: dict[str, list[dict[str, object]]] = {name: [] for name in losses}
     data_stats: list[dict[str, object]] = []
-    first: dict[str, object] = {}
-    runs = Progress(len(seeds) * len(losses), "segmentation runs", leave=True, position=0)
-    for seed in seeds:
-        train = make_dataset(config.train_images, config.image_size, seed=seed)
-        val = make_dataset(config.val_images, config.image_size, seed=seed + 10_000)
-        data_stats.append(
-            {
-                "seed": seed,
-                "class_frequencies": train.class_frequencies(),
-                "ignored_fraction": train.ignored_fraction(),
-            }
-        )
-        torch.manual_seed(seed)
-        initial = UNet(1, NUM_CLASSES, width=config.width).state_dict()
-        initial_state = {k: v.clone() for k, v in initial.items()}
-        predictions = {}
-        for name in losses:
-            values, curve, pred = train_one(name, config, seed, train, val, initial_state, device)
-            per_seed[name].append({"seed": seed, **values})
-            curves[name].append({"seed": seed, **curve})
-            predictions[name] = pred
-            runs.update({"seed": str(seed), "loss": name, "mIoU": f"{values['miou']:.3f}"})
-        if not first:
-            first = {"val": val, "predictions": predictions}
-    runs.close()
+    predictions = {}
+    for (seed, name), result in zip(items, results, strict=True):
+        per_seed[name].append({"seed": seed, **result["values"]})  # type: ignore[dict-item]
+        curves[name].append({"seed": seed, **result["curve"]})  # type: ignore[dict-item]
+        if name == losses[0]:
+            data_stats.append({"seed": seed, **result["data"]})  # type: ignore[dict-item]
+        if seed == seeds[0]:
+            predictions[name] = result["pred"]
+    first = {
+        "val": make_dataset(config.val_images, config.image_size, seed=seeds[0] + 10_000),
+        "predictions": predictions,
+    }
 
     metrics_spec = metric_list()
     baseline = losses[0]
