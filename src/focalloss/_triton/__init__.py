@@ -119,4 +119,5 @@ class TritonBackend:
 
 BACKEND = TritonBackend()
 
+from . import detection as _detection  # noqa: E402,F401  (VFL, QFL, DFL launches)
 from . import families as _families  # noqa: E402,F401  (registers the families' launches)
