@@ -9,12 +9,22 @@ Public API:
   projection, for very large class counts (language models), without the full logits.
 * :func:`varifocal_loss`, :func:`quality_focal_loss`, :func:`distribution_focal_loss` (and
   their modules), :func:`dfl_decode`: the focal losses of modern detectors (VFNet, GFL, YOLO).
+* :func:`asymmetric_loss`, :func:`sigmoid_focal_loss_star`, :func:`focal_tversky_loss` (and
+  their modules): the asymmetric loss (multi-label), FL* and the focal Tversky loss.
 * :func:`prior_bias`, :func:`init_prior_bias_`: classifier bias initialisation.
 * :func:`class_balanced_weights`: effective-number class weights (Cui et al. 2019).
 * :func:`set_value_checks`: switch off the checks that read tensor values.
 """
 
 from ._validation import set_value_checks
+from .classification import (
+    AsymmetricLoss,
+    FocalTverskyLoss,
+    SigmoidFocalLossStar,
+    asymmetric_loss,
+    focal_tversky_loss,
+    sigmoid_focal_loss_star,
+)
 from .detection import (
     DistributionFocalLoss,
     QualityFocalLoss,
@@ -31,22 +41,28 @@ from .priors import init_prior_bias_, prior_bias
 from .weights import class_balanced_weights
 
 __all__ = [
+    "AsymmetricLoss",
     "DistributionFocalLoss",
     "FocalLoss",
+    "FocalTverskyLoss",
     "LinearFocalLoss",
     "QualityFocalLoss",
     "SigmoidFocalLoss",
+    "SigmoidFocalLossStar",
     "VarifocalLoss",
+    "asymmetric_loss",
     "class_balanced_weights",
     "dfl_decode",
     "distribution_focal_loss",
     "focal_loss",
+    "focal_tversky_loss",
     "init_prior_bias_",
     "linear_focal_loss",
     "prior_bias",
     "quality_focal_loss",
     "set_value_checks",
     "sigmoid_focal_loss",
+    "sigmoid_focal_loss_star",
     "varifocal_loss",
 ]
 __version__ = "0.1.0"

@@ -238,4 +238,5 @@ def sigmoid_focal_loss(
     return run(spec, backend)
 
 
+from .classification import asymmetric_loss, focal_tversky_loss, sigmoid_focal_loss_star  # noqa: E402,F401
 from .detection import dfl_decode, distribution_focal_loss, quality_focal_loss, varifocal_loss  # noqa: E402,F401

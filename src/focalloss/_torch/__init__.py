@@ -187,3 +187,9 @@ from . import detection  # noqa: E402  (varifocal, quality focal, distribution f
 register(detection.VarifocalSpec, detection.varifocal)  # type: ignore[arg-type]
 register(detection.QualityFocalSpec, detection.quality_focal)  # type: ignore[arg-type]
 register(detection.DistributionFocalSpec, detection.distribution_focal)  # type: ignore[arg-type]
+
+from . import asymmetric, focal_star, focal_tversky  # noqa: E402  (issue 13: classification)
+
+register(asymmetric.AsymmetricSpec, asymmetric)
+register(focal_star.FocalStarSpec, focal_star)
+register(focal_tversky.FocalTverskySpec, focal_tversky)

@@ -34,17 +34,14 @@ import torch
 from torch import Tensor
 
 from .._spec.classification import FocalTverskySpec
-from .common import chunk_slices, finish, focal_modulator, one_hot, reduce_composite
+from .common import finish, focal_modulator, one_hot, reduce_composite
 
 
 def forward(spec: FocalTverskySpec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
     """The reduced loss of ``spec`` and the gradient of that loss w.r.t. ``spec.input``."""
     x, dtype = spec.input, spec.compute_dtype
     num_classes = x.shape[1]
-    mask = None if spec.ignored is None else spec.ignored.unsqueeze(1)
     p = torch.softmax(x, 1, dtype=dtype) if spec.softmax else torch.sigmoid(x.to(dtype))
-    if mask is not None:  # masked_fill: ignored logits may hold NaN or inf
-        p.masked_fill_(mask, 0.0)
     if spec.index:
         counts, hard = _index_counts(spec, p)
     else:
@@ -60,8 +57,6 @@ def forward(spec: FocalTverskySpec, need_grad: bool) -> tuple[Tensor, Tensor | N
         grad = _index_grad(spec, p, a, b, shape, hard)
     else:
         grad = _float_grad(spec, p, q, a, b, shape)
-    if mask is not None and not spec.softmax:  # p q with q NaN at an ignored position
-        grad.masked_fill_(mask, 0.0)
     return finish(loss, grad, spec, summed=True)
 
 
@@ -95,7 +90,9 @@ def _float_counts(
 
 
 class _Hard:
-    """What the class-index gradient needs from the counting pass."""
+    """What the class-index gradient needs from the counting pass: the target entries
+    ``idx``, the positives ``pos`` (None: every non-ignored position), and ``p`` and
+    ``1 - p`` there (0 where not a positive)."""
 
     def __init__(self, idx: Tensor, pos: Tensor | None, p_t: Tensor, q_t: Tensor) -> None:
         self.idx, self.pos, self.p_t, self.q_t = idx, pos, p_t, q_t
@@ -103,33 +100,56 @@ class _Hard:
 
 def _index_counts(spec: FocalTverskySpec, p: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], _Hard]:
     """Counts for class indices, without a one-hot target. ``p`` is left with 0 at the target
-    entries (its sum over positions is then ``FP``); the target entries are returned."""
+    entries (its sum over positions is then ``FP``) and at ignored positions; the target
+    entries are returned.
+
+    Ignored positions are zeroed with a masked fill (their logits may hold NaN or inf), except
+    on the CPU, where one in-place product with the 0/1 mask does it (a fill over a
+    broadcast mask is several times slower there) and a non-finite count, the sign of NaN
+    or inf at an ignored position, falls back to the fill (reading the counts on the host is
+    no synchronisation on the CPU).
+    """
     target, num_classes = spec.target, p.shape[1]
-    valid = None if spec.ignored is None else ~spec.ignored
+    ignored = spec.ignored
+    mask = None if ignored is None else ignored.unsqueeze(1)
+    valid = None if mask is None else torch.logical_not(mask).to(p.dtype)  # (N, 1, *)
+    weighted = valid is not None and p.device.type == "cpu"
+    if weighted:
+        p.mul_(valid)  # NaN * 0 stays NaN: caught below
+    elif mask is not None:
+        p.masked_fill_(mask, 0.0)
     if spec.softmax:
-        pos = valid
+        pos = None
         idx = target.unsqueeze(1)
-    else:  # C is the background: no positive output at that position
-        pos = target < num_classes
-        pos = pos if valid is None else pos & valid
-        idx = target.clamp(max=num_classes - 1).unsqueeze(1)
-    p_t = p.gather(1, idx)
-    if pos is None:
+        p_t = p.gather(1, idx)
         p.scatter_(1, idx, 0.0)
-    else:
-        pos = pos.unsqueeze(1)
+        q_t = torch.sub(1.0, p_t) if valid is None else torch.sub(valid, p_t)
+    else:  # C is the background: no positive output at that position
+        pos = (target < num_classes).unsqueeze(1)
+        pos = pos if mask is None else pos & ~mask
+        idx = target.clamp(max=num_classes - 1).unsqueeze(1)
+        p_t = p.gather(1, idx)
         p.scatter_(1, idx, torch.where(pos, 0.0, p_t))
-        p_t = p_t.masked_fill_(~pos, 0.0)
-    if spec.softmax:
-        q_t = torch.sub(1.0, p_t)
-    else:
-        q_t = torch.sigmoid(spec.input.gather(1, idx).to(p.dtype).neg())
-    if pos is not None:
-        q_t = q_t.masked_fill_(~pos, 0.0)
-    fp = _sum(p, spec.per_image)
-    tp = _bincount(p_t, idx, num_classes, spec.per_image)
-    fn = _bincount(q_t, idx, num_classes, spec.per_image)
-    return (tp, fn, fp), _Hard(idx, pos, p_t, q_t)
+        p_t.masked_fill_(~pos, 0.0)
+        q_t = torch.sigmoid(spec.input.gather(1, idx).to(p.dtype).neg()).masked_fill_(~pos, 0.0)
+    counts = _counts(p, idx, p_t, q_t, spec.per_image)
+    if weighted and not bool(torch.isfinite(torch.stack([c.sum() for c in counts])).all()):
+        assert mask is not None
+        p.masked_fill_(mask, 0.0)  # NaN or inf somewhere: zero the ignored positions, recount
+        p_t.masked_fill_(mask, 0.0)
+        q_t.masked_fill_(mask, 0.0)
+        counts = _counts(p, idx, p_t, q_t, spec.per_image)
+    return counts, _Hard(idx, pos, p_t, q_t)
+
+
+def _counts(
+    p: Tensor, idx: Tensor, p_t: Tensor, q_t: Tensor, per_image: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    num_classes = p.shape[1]
+    fp = _sum(p, per_image)
+    tp = _bincount(p_t, idx, num_classes, per_image)
+    fn = _bincount(q_t, idx, num_classes, per_image)
+    return tp, fn, fp
 
 
 def _bincount(values: Tensor, idx: Tensor, num_classes: int, per_image: bool) -> Tensor:
@@ -186,42 +206,34 @@ def _class_dot(p: Tensor, a: Tensor, per_image: bool) -> Tensor:
     return (p * view).sum(1)
 
 
-def _pieces(p: Tensor, per_image: bool) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
-    """Cache-sized pieces of ``p`` and the matching slices of an ``(N or 1, C, 1, ...)``
-    class-coefficient view."""
-    pieces = []
-    for xs in chunk_slices(p):
-        cs = xs[:1] if per_image else (slice(None),)
-        pieces.append((xs, cs))
-    return pieces
-
-
 def _index_grad(
     spec: FocalTverskySpec, p: Tensor, a: Tensor, b: Tensor, shape: tuple, hard: _Hard
 ) -> Tensor:
-    """``p`` holds the probabilities with 0 at the target entries; it becomes the gradient."""
+    """``p`` holds the probabilities with 0 at the target entries and at ignored positions;
+    it becomes the gradient."""
     idx, pos, p_t, q_t = hard.idx, hard.pos, hard.p_t, hard.q_t
-    if spec.per_image:
-        n = idx.shape[0]
-        flat = idx.reshape(n, -1)
-        a_t = a.gather(1, flat).view(idx.shape)
-        b_t = b.gather(1, flat).view(idx.shape)
-    else:
-        a_t, b_t = a[idx], b[idx]
+    s_t = _gather_classes(a + b, idx, spec.per_image)  # A_t + B_t
     a_view = a.view(shape)
     if not spec.softmax:  # p q (A + B g)
         grad = p.mul_(torch.sigmoid(spec.input.to(p.dtype).neg())).mul_(a_view)
-        g_t = p_t.mul_(q_t).mul_(a_t.add_(b_t))
-        if pos is not None:
-            g_t = torch.where(pos, g_t, grad.gather(1, idx))
-        return grad.scatter_(1, idx, g_t)
+        g_t = p_t.mul_(q_t).mul_(s_t)
+        grad.scatter_(1, idx, torch.where(pos, g_t, grad.gather(1, idx)))
+        if spec.ignored is not None:  # p q with q NaN at an ignored position
+            grad.masked_fill_(spec.ignored.unsqueeze(1), 0.0)
+        return grad
     # Softmax: p_ic (A_c + B_c g_ic - dot_i), dot_i = sum_c p_ic A_c + p_it B_t.
-    s_t = a_t.add_(b_t)  # A_t + B_t
     dot = _class_dot(p, a, spec.per_image).unsqueeze(1)
-    dot = dot.add_(s_t * p_t)  # the target entries (zeroed in p) add p_t (A_t + B_t)
-    for xs, cs in _pieces(p, spec.per_image):
-        p[xs].mul_(a_view[cs] - dot[(*xs[:1], slice(None), *xs[2:])])
-    return p.scatter_(1, idx, p_t.mul_(s_t.sub_(dot)))
+    dot = dot.addcmul_(s_t, p_t)  # the target entries (zeroed in p) add p_t (A_t + B_t)
+    p.mul_(a_view - dot)  # one temporary: a per-class loop costs more operations
+    return p.scatter_(1, idx, s_t.sub_(dot).mul_(p_t))
+
+
+def _gather_classes(values: Tensor, idx: Tensor, per_image: bool) -> Tensor:
+    """``values[c]`` (or ``values[n, c]`` per image) at the class indices ``idx`` ``(N, 1, *)``."""
+    if not per_image:
+        return values[idx]
+    n = idx.shape[0]
+    return values.gather(1, idx.reshape(n, -1)).view(idx.shape)
 
 
 def _float_grad(

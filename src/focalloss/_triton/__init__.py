@@ -119,5 +119,6 @@ class TritonBackend:
 
 BACKEND = TritonBackend()
 
+from . import classification as _classification  # noqa: E402,F401  (asymmetric loss, FL*)
 from . import detection as _detection  # noqa: E402,F401  (VFL, QFL, DFL launches)
 from . import families as _families  # noqa: E402,F401  (registers the families' launches)
