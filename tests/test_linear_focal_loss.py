@@ -352,6 +352,10 @@ def test_leading_shape_and_empty_batch():
     out.backward()
     assert out.item() == 0.0 and torch.equal(we.grad, torch.zeros_like(we))
     assert linear_focal_loss(xe, w, te, b, reduction="none").shape == (0,)
+    # Unbatched: input (D,), target ().
+    one = linear_focal_loss(x[0], w, t[0], b, reduction="none")
+    assert one.shape == ()
+    torch.testing.assert_close(one, linear_focal_ref(x[:1], w, t[:1], b, reduction="none")[0])
 
 
 @pytest.mark.parametrize("which", ["input", "classifier", "bias", "input+bias", "none"])
@@ -657,7 +661,8 @@ BAD = [
     (dict(input=torch.tensor(1.0)), ValueError, "input: expected shape"),
     (dict(input=torch.randn(4, 2)), ValueError, "input: the last dimension must equal"),
     (dict(classifier=torch.randn(5)), ValueError, r"classifier: expected a \(V, D\)"),
-    (dict(classifier=torch.randn(0, 3)), ValueError, "classifier: expected at least one"),
+    (dict(classifier=torch.randn(0, 3)), ValueError, "classifier: expected V >= 1 classes"),
+    (dict(input=torch.randn(4, 0), classifier=torch.randn(5, 0)), ValueError, "D >= 1"),
     (dict(classifier=W.double()), TypeError, "classifier: expected the input's dtype"),
     (dict(bias=torch.randn(4)), ValueError, r"bias: expected shape \(5,\)"),
     (dict(bias=B.double()), TypeError, "bias: expected the input's dtype"),

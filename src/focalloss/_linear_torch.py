@@ -85,7 +85,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def bytes_per_logit(dtype: torch.dtype, spec: Spec, triton: bool) -> int:
     """Bytes of chunk buffers per (row, class): what ``plan`` divides the budget by."""
-    elem = torch.empty((), dtype=dtype).element_size()
+    elem = dtype.itemsize
     if triton:
         return elem  # the kernel works in place in the logits buffer
     comp = 8 if dtype == torch.float64 else 4

@@ -164,8 +164,11 @@ def linear_focal_loss(
             f"classifier: expected a (V, D) weight matrix, got shape {tuple(classifier.shape)}"
         )
     num_classes, dim = classifier.shape
-    if num_classes == 0:
-        raise ValueError("classifier: expected at least one class (V >= 1), got shape (0, D)")
+    if num_classes == 0 or dim == 0:
+        raise ValueError(
+            f"classifier: expected V >= 1 classes and D >= 1 features, got shape "
+            f"{tuple(classifier.shape)}"
+        )
     if input.shape[-1] != dim:
         raise ValueError(
             f"input: the last dimension must equal the classifier's D={dim} (classifier shape "
