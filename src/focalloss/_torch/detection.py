@@ -17,8 +17,8 @@ VFL (Zhang et al. 2021)::
 Only ``t = 0`` carries the modulator ``|p - t|^gamma = p^gamma``, whose derivative
 ``gamma p^gamma q`` is bounded for every ``gamma >= 0``: VFL has no singular point.
 
-QFL (Li et al. 2020), ``d = p - t`` (as ``(1 - t) - q`` for ``x >= 0``, so ``t = 1`` gives
-``-q`` exactly), ``m = |d|^beta``::
+QFL (Li et al. 2020), ``d = p - t`` (computed as ``dce``, so ``t = 1`` gives ``-q`` and
+``t = 0`` gives ``p`` exactly), ``m = |d|^beta``::
 
     loss = m * ce
     grad = m * (dce + beta * ce * r),     r = p q / d   (0 where d = 0)
@@ -75,7 +75,7 @@ def _negative_terms(
     """Elements whose target is 0: ``scale * p^exponent * softplus(x)`` and its derivative
     ``scale * p^exponent * (p + exponent * q * softplus(x))`` (VFL: scale alpha, exponent
     gamma; QFL: scale 1, exponent beta)."""
-    p, q, _, ce = _logistic(x)
+    p, q, ce = torch.sigmoid(x), torch.sigmoid(x.neg()), F.softplus(x)  # no softplus(-x)
     m = _power(p, exponent)
     if scale != 1.0:
         m.mul_(scale)
@@ -90,45 +90,49 @@ def _negative_terms(
 def _varifocal_terms(
     x: Tensor, t: Tensor, spec: VarifocalSpec, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """VFL of every element of ``x`` against score ``t`` (same shape, or broadcast)."""
+    """VFL of every element of ``x`` against score ``t`` (same shape, or broadcast).
+
+    With ``k = f`` (``t > 0``) or ``alpha p^gamma`` (``t = 0``, where ``ce = softplus(x)`` and
+    ``dce = p``): ``loss = k ce`` and ``grad = k (dce + [t = 0] gamma q ce)``.
+    """
     p, q, sp_pos, sp_neg = _logistic(x)
     t_neg = 1.0 - t
-    ce = torch.mul(t, sp_pos).addcmul_(t_neg, sp_neg)
-    m = _power(p, spec.gamma).mul_(spec.alpha)
+    ce = sp_pos.mul_(t).addcmul_(t_neg, sp_neg)
     positive = t > 0
-    f = t if spec.iou_weighted else 1.0
-    loss = torch.where(positive, f * ce, m * sp_neg)
+    m = spec.alpha if spec.gamma == 0.0 else _power(p, spec.gamma).mul_(spec.alpha)
+    k = torch.where(positive, t if spec.iou_weighted else 1.0, m)
+    loss = k * ce
     if not need_grad:
         return loss, None
     dce = torch.mul(t_neg, p).sub_(t * q)
-    if spec.gamma == 0.0 or spec.detach_modulator:
-        inner = p
-    else:
-        inner = q.mul_(sp_neg).mul_(spec.gamma).add_(p)
-    return loss, torch.where(positive, f * dce, m.mul_(inner))
+    if spec.gamma != 0.0 and not spec.detach_modulator:
+        dce.addcmul_(q.masked_fill_(positive, 0.0), ce, value=spec.gamma)
+    return loss, dce.mul_(k)
 
 
 def _quality_terms(
     x: Tensor, t: Tensor, spec: QualityFocalSpec, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """QFL of every element of ``x`` against score ``t`` (same shape, or broadcast)."""
+    """QFL of every element of ``x`` against score ``t`` (same shape, or broadcast).
+
+    ``d = p - t`` is ``dce = (1 - t) p - t q``: exact at ``t = 0`` (``p``) and ``t = 1``
+    (``-q``). ``r = p q / d`` is finite wherever ``d != 0`` (``|d|`` is at least about an ulp
+    of ``p q``-sized terms) and set to 0 where ``d = 0`` (0/0 or x/0).
+    """
     p, q, sp_pos, sp_neg = _logistic(x)
     t_neg = 1.0 - t
-    ce = torch.mul(t, sp_pos).addcmul_(t_neg, sp_neg)
-    dce = torch.mul(t_neg, p).sub_(t * q) if need_grad else None
+    ce = sp_pos.mul_(t).addcmul_(t_neg, sp_neg)
+    d = torch.mul(t_neg, p).sub_(t * q)  # p - t, and dce/dx
     if spec.beta == 0.0:
-        return ce, dce
-    d = torch.where(x >= 0, t_neg - q, p - t)
-    m = _power(d.abs(), spec.beta)
+        return ce, d if need_grad else None
+    m = d.square() if spec.beta == 2.0 else d.abs().pow_(spec.beta)
     loss = m * ce
     if not need_grad:
         return loss, None
-    assert dce is not None
     if not spec.detach_modulator:
-        nonzero = d != 0
-        r = torch.where(nonzero, p.mul_(q).div_(torch.where(nonzero, d, 1.0)), 0.0)
-        dce.addcmul_(r.mul_(spec.beta), ce)
-    return loss, dce.mul_(m)
+        r = p.mul_(q).div_(d).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        d = d.addcmul_(r, ce, value=spec.beta)
+    return loss, d.mul_(m)
 
 
 # --------------------------------------------------------------------------------------------
