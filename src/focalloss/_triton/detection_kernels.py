@@ -140,13 +140,13 @@ def _quality_sigmoid_fwd_kernel(
                 loss = ce
                 g = dce
             else:
-                d = tl.where(x >= 0, (1.0 - t) - q, p - t)
-                m = _modulator(tl.abs(d), exponent, EXP_ZERO)  # |d|^beta, 0 at d = 0
+                # d = p - t is dce: exact at t = 0 (p) and t = 1 (-q).
+                m = _modulator(tl.abs(dce), exponent, EXP_ZERO)  # |d|^beta, 0 at d = 0
                 loss = m * ce
                 g = dce
                 if not DETACH:
-                    nonzero = d != 0.0
-                    r = tl.where(nonzero, p * q / tl.where(nonzero, d, 1.0), 0.0)
+                    nonzero = dce != 0.0
+                    r = tl.where(nonzero, p * q / tl.where(nonzero, dce, 1.0), 0.0)
                     g += exponent * ce * r
                 g = g * m
         if HAS_W:
