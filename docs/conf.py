@@ -29,9 +29,6 @@ root_doc = "index"
 exclude_patterns = ["_build"]
 
 myst_heading_anchors = 3  # `page.md#section` links, as on GitHub
-# The `losses/*` glob of the index's toctree picks up loss pages added later; when every page is
-# already listed it matches nothing, which is fine.
-suppress_warnings = ["toc.empty_glob"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
