@@ -84,7 +84,9 @@ def test_assigning_alpha_and_weight_after_construction():
     assert "alpha" not in module.state_dict()
     with pytest.raises(ValueError, match="alpha: expected finite values >= 0, got -1.0"):
         module.alpha = [0.2, -1.0, 0.5]
-    with pytest.raises(TypeError, match="weight: expected None, a number, a sequence"):
+    with pytest.raises(
+        TypeError, match="weight: expected None, a sequence of per-class numbers, a number"
+    ):
         module.weight = "heavy"
     sigmoid = SigmoidFocalLoss()
     sigmoid.alpha = 0.5

@@ -273,5 +273,5 @@ def test_module_rejects_bad_configuration():
         FocalLoss(weight=torch.ones(2, 2))
     with pytest.raises(ValueError, match=r"alpha: expected a number in \[0, 1\], got 2.0"):
         FocalLoss(alpha=2.0)
-    with pytest.raises(TypeError, match="alpha: expected None, a (number, a )?sequence"):
+    with pytest.raises(TypeError, match="alpha: expected None, a sequence"):
         FocalLoss(alpha="x")

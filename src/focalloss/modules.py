@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from . import _validation as V
 from ._engine import BackendName, Reduction, check_backend
+from ._spec.softmax import check_number_alpha
 from .functional import focal_loss, sigmoid_focal_loss
 
 __all__ = ["FocalLoss", "SigmoidFocalLoss"]
@@ -50,7 +51,7 @@ def as_buffer(
         tensor = torch.tensor([float(v) for v in value], dtype=torch.float32)
     else:
         raise TypeError(
-            f"{name}: expected None, a number, a sequence of per-class numbers or a tensor, "
+            f"{name}: expected None, a sequence of per-class numbers, a number or a tensor, "
             f"got {type(value).__name__}"
         )
     if tensor.dim() > 1 and not any_shape:
@@ -186,12 +187,18 @@ class FocalLoss(_LossModule):
         self.weight = weight  # type: ignore[assignment]
 
     def _convert(self, name: str, value: object) -> Tensor | None:
-        if name == "alpha" and isinstance(value, Real) and not isinstance(value, bool):
-            a = V.check_unit_interval("alpha", value)
+        number = isinstance(value, Real) and not isinstance(value, bool)
+        if name == "alpha":
+            # Kept to give a number alpha's own error when C != 2 (plain attribute).
+            object.__setattr__(self, "_alpha_from_number", number)
+        if name == "alpha" and number:
+            a = V.check_unit_interval("alpha", value)  # type: ignore[arg-type]
             return torch.tensor([a, 1.0 - a])  # the seed's convention, for C == 2
         return as_buffer(name, value)  # type: ignore[arg-type]
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if self._alpha_from_number and input.dim() > 0:
+            check_number_alpha(input.shape[0 if input.dim() == 1 else 1])
         return focal_loss(
             input,
             target,

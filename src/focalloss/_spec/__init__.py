@@ -82,7 +82,8 @@ def class_vector(
         )
     if tensor is None:
         numbers = [float(v) for v in value]
-        negative = [v for v in numbers if not (v >= 0.0 and math.isfinite(v))]
+        # comparisons, not math.isfinite: they also work on torch.compile's symbolic floats
+        negative = [v for v in numbers if not (v >= 0.0 and v < math.inf)]
         if negative:
             raise ValueError(f"{name}: expected finite values >= 0, got {negative[0]}")
         high = max(numbers, default=0.0)
@@ -168,15 +169,24 @@ def index_target(
     by ``"mean"``) by every backend, so no kernel ever reads outside the logits.
     """
     target = target.long()
-    ignored = None if ignore_index is None else target == ignore_index
-    if ignored is not None:
-        target = target.masked_fill(ignored, fill)  # a valid value: its terms are masked
     if V.reads_values(target):
+        # One read of the range settles the common case: when ignore_index cannot occur, no
+        # mask is built (and every later step skips its masking).
+        low, high = (int(v) for v in torch.aminmax(target))
+        if ignore_index is None or not low <= ignore_index <= high:
+            if low < 0 or high >= upper:
+                V.check_class_range(target, num_classes, ignore_index, upper)
+            return target, None
+        ignored = target == ignore_index
+        target = target.masked_fill(ignored, fill)  # a valid value: its terms are masked
         V.check_class_range(target, num_classes, ignore_index, upper)
-    elif not V.value_checks_enabled() or target.device.type == "meta":
+        return target, ignored
+    ignored = None if ignore_index is None else target == ignore_index
+    if not V.value_checks_enabled() or target.device.type == "meta":
         outside = (target < 0) | (target >= upper)
         ignored = outside if ignored is None else ignored | outside
-        target = target.masked_fill(outside, fill)
+    if ignored is not None:
+        target = target.masked_fill(ignored, fill)
     return target, ignored
 
 

@@ -160,14 +160,19 @@ def _alpha_vector(
         return None
     if isinstance(alpha, Real) and not isinstance(alpha, bool):
         a = V.check_unit_interval("alpha", alpha)
-        if num_classes != 2:
-            raise ValueError(
-                f"alpha: a single number a means factors [a, 1 - a] for classes 0 and 1 and is "
-                f"valid only for C == 2, got C={num_classes}; pass {num_classes} per-class "
-                f"factors instead"
-            )
+        check_number_alpha(num_classes)
         return constant_vector((a, 1.0 - a), input.device, compute_dtype_of(input))
     return class_vector("alpha", alpha, num_classes, input, upper=float("inf"))
+
+
+def check_number_alpha(num_classes: int) -> None:
+    """A number ``a`` as alpha means ``[a, 1 - a]``: two classes only."""
+    if num_classes != 2:
+        raise ValueError(
+            f"alpha: a single number a means factors [a, 1 - a] for classes 0 and 1 and is "
+            f"valid only for C == 2, got C={num_classes}; pass {num_classes} per-class "
+            f"factors instead"
+        )
 
 
 def _index_divisor(

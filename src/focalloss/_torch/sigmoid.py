@@ -218,7 +218,8 @@ def _sigmoid_index_terms(
         else:
             wm, owned = (factor if wm is None else wm * factor), wm is not None
     if wm is not None and not owned:
-        wm = x.new_full((), wm).expand_as(x)  # a fill: no host-to-device copy
+        # a fill, not torch.as_tensor(number, device=...): no host-to-device copy
+        wm = (wm.to(x.dtype) if isinstance(wm, Tensor) else x.new_full((), wm)).expand_as(x)
     loss = ce if wm is None else ce * wm
     grad = None
     if need_grad:
