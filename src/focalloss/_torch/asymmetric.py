@@ -25,12 +25,11 @@ modulators (the ``gp`` and ``gn`` terms).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._spec.classification import AsymmetricSpec
 from .common import finish, focal_modulator, one_hot, reduce_composite
-from .elementwise import elementwise_forward, scatter_positives
+from .elementwise import elementwise_forward, scatter_positives, softplus
 
 
 def forward(spec: AsymmetricSpec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -47,7 +46,7 @@ def forward(spec: AsymmetricSpec, need_grad: bool) -> tuple[Tensor, Tensor | Non
         def positive(x_t: Tensor) -> tuple[Tensor, Tensor | None]:
             neg = x_t.neg()
             return _positive(
-                torch.sigmoid(x_t), torch.sigmoid(neg), F.softplus(neg), gp, detach, need
+                torch.sigmoid(x_t), torch.sigmoid(neg), softplus(neg), gp, detach, need
             )
 
         scatter_positives(loss, grad, target, positive, x)
@@ -100,7 +99,7 @@ def _negative(
     """``B`` and ``dB/dx`` from ``p`` (consumed) and ``q = 1 - p`` (only read; None when
     ``clip > 0`` and no gradient is needed)."""
     if clip == 0.0:
-        sp = F.softplus(x)  # -log(1 - p)
+        sp = softplus(x)  # -log(1 - p)
         if gn == 0.0:
             return sp, (p if need_grad else None)
         m = _power(p, gn)
@@ -147,7 +146,7 @@ def _float_terms(
     """``t A + (1 - t) B`` and its derivative; ``p``, ``q`` and ``-log p`` computed once."""
     neg = x.neg()
     q = torch.sigmoid(neg)
-    sp_pos = F.softplus(neg)  # -log p
+    sp_pos = softplus(neg)  # -log p
     p = torch.sigmoid(x)
     if gp == 0.0:  # the positive part needs only q (taken last, in place)
         loss, grad = _negative(x, p, q, gn, clip, detach, need_grad)
@@ -171,13 +170,13 @@ def composite(spec: AsymmetricSpec, input: Tensor) -> Tensor:
     index = not target.is_floating_point()
     t = one_hot(target, x.shape[1], x.dtype) if index else target.to(x.dtype)
     detach = spec.detach_modulator
-    positive = F.softplus(-x)
+    positive = softplus(-x)
     m_pos = focal_modulator(torch.sigmoid(-x), spec.gamma_pos, detach)
     if m_pos is not None:
         positive = m_pos * positive
     if spec.clip == 0.0:
         shifted = torch.sigmoid(x)
-        negative = F.softplus(x)
+        negative = softplus(x)
     else:
         p = torch.sigmoid(x)
         above = p > spec.clip

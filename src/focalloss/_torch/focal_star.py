@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._spec.classification import FocalStarSpec
 from .common import class_view, finish, one_hot, reduce_composite
-from .elementwise import elementwise_forward, scatter_positives
+from .elementwise import elementwise_forward, scatter_positives, softplus
 
 
 def _alpha(spec: FocalStarSpec) -> Tensor | float | None:
@@ -40,7 +40,7 @@ def forward(spec: FocalStarSpec, need_grad: bool) -> tuple[Tensor, Tensor | None
         # Negatives: z = beta - gamma x; loss = softplus(gamma x - beta) / gamma.
         nz = torch.mul(x, gamma).sub_(beta)  # -z
         neg_a = None if alpha is None else 1.0 - alpha
-        loss = F.softplus(nz).mul_(1.0 / gamma)
+        loss = softplus(nz).mul_(1.0 / gamma)
         grad = torch.sigmoid(nz) if need else None  # -(2t - 1) sigmoid(-z) with t = 0
         if neg_a is not None:
             loss.mul_(neg_a)
@@ -49,7 +49,7 @@ def forward(spec: FocalStarSpec, need_grad: bool) -> tuple[Tensor, Tensor | None
 
         def positive(x_t: Tensor) -> tuple[Tensor, Tensor | None]:
             nz_t = torch.mul(x_t, -gamma).sub_(beta)  # -z = -(gamma x + beta)
-            loss_t = F.softplus(nz_t).mul_(1.0 / gamma)
+            loss_t = softplus(nz_t).mul_(1.0 / gamma)
             grad_t = torch.sigmoid(nz_t).neg_() if need else None
             if alpha is not None:
                 a_t = alpha
@@ -73,7 +73,7 @@ def _float_terms(
 ) -> tuple[Tensor, Tensor | None]:
     sign = torch.mul(t, 2.0).sub_(1.0)  # 2t - 1
     nz = torch.mul(x, sign).mul_(-gamma).sub_(beta)  # -z
-    loss = F.softplus(nz).mul_(1.0 / gamma)
+    loss = softplus(nz).mul_(1.0 / gamma)
     grad = torch.sigmoid(nz).mul_(sign).neg_() if need else None
     if alpha is not None:
         a_t = torch.mul(t, alpha).add_((1.0 - alpha) * (1.0 - t))
