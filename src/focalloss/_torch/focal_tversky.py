@@ -155,12 +155,12 @@ def _counts(
 def _bincount(values: Tensor, idx: Tensor, num_classes: int, per_image: bool) -> Tensor:
     """``sum_i values_i [idx_i == c]`` per class (and image), accumulated in float64."""
     n = values.shape[0]
-    bins = idx.reshape(n, -1)
+    bins = idx.flatten(1)
     if per_image:
         bins = bins + torch.arange(n, device=idx.device).unsqueeze(1) * num_classes
     size = num_classes * (n if per_image else 1)
     out = values.new_zeros(size, dtype=torch.float64)
-    out.index_add_(0, bins.reshape(-1), values.reshape(-1).to(torch.float64))
+    out.index_add_(0, bins.reshape(-1), values.flatten().to(torch.float64))
     return out.view(n, num_classes) if per_image else out
 
 
@@ -174,20 +174,20 @@ def _class_terms(
     num = fn * alpha + fp * beta
     tps = tp + smooth
     den = tps + num
-    live = den > 0
-    u = torch.where(live, num / torch.where(live, den, 1.0), 0.0)
+    empty = den == 0  # (a comparison that NaN fails: a NaN count stays NaN)
+    u = torch.where(empty, 0.0, num / torch.where(empty, 1.0, den))
     mod = u.pow(gamma)  # 0 ** gamma: 0 for gamma > 0, 1 for gamma = 0
     weight = None if spec.weight is None else spec.weight.to(torch.float64)
     terms = mod if weight is None else mod * weight
     if not need_grad:
         return terms, terms, terms
-    positive = u > 0
-    k = torch.where(positive, mod * gamma / torch.where(positive, u, 1.0), 0.0)
+    perfect = u == 0
+    k = torch.where(perfect, 0.0, mod * gamma / torch.where(perfect, 1.0, u))
     if weight is not None:
         k = k * weight
     if spec.scale is not None:
         k = k * spec.scale.to(torch.float64)
-    k = k / torch.where(live, den, 1.0).square()
+    k = k / torch.where(empty, 1.0, den).square()
     coef_a = k * (tps * beta)
     coef_b = -k * (tps * (alpha + beta) + num)
     return terms, coef_a, coef_b
@@ -195,11 +195,11 @@ def _class_terms(
 
 def _class_dot(p: Tensor, a: Tensor, per_image: bool) -> Tensor:
     """``sum_c p_ic a_c`` per position, ``(N, *)`` (``a``: ``(C,)`` or ``(N, C)``)."""
-    n, num_classes = p.shape[:2]
+    num_classes = p.shape[1]
     if p.dim() == 2:
         return p @ a if not per_image else (p * a).sum(1)
     if p.is_contiguous():
-        rows = p.view(n, num_classes, -1)
+        rows = p.flatten(2)
         dot = torch.bmm(a.unsqueeze(1), rows).squeeze(1) if per_image else torch.matmul(a, rows)
         return dot.view(p.shape[:1] + p.shape[2:])
     view = a.view((-1, num_classes) + (1,) * (p.dim() - 2))
@@ -232,8 +232,7 @@ def _gather_classes(values: Tensor, idx: Tensor, per_image: bool) -> Tensor:
     """``values[c]`` (or ``values[n, c]`` per image) at the class indices ``idx`` ``(N, 1, *)``."""
     if not per_image:
         return values[idx]
-    n = idx.shape[0]
-    return values.gather(1, idx.reshape(n, -1)).view(idx.shape)
+    return values.gather(1, idx.flatten(1)).view(idx.shape)
 
 
 def _float_grad(
@@ -265,8 +264,8 @@ def composite(spec: FocalTverskySpec, input: Tensor) -> Tensor:
     fp = _sum(p * (1.0 - g), spec.per_image)
     num = spec.alpha * fn + spec.beta * fp
     den = tp + num + spec.smooth
-    live = den > 0
-    u = torch.where(live, num / torch.where(live, den, 1.0), 0.0)
+    empty = den == 0
+    u = torch.where(empty, 0.0, num / torch.where(empty, 1.0, den))
     m = focal_modulator(u, spec.gamma, False)
     terms = u * 0.0 + 1.0 if m is None else m  # gamma = 0: 1, still a function of input
     if spec.weight is not None:
