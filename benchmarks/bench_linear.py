@@ -132,28 +132,40 @@ def run_case(n, d, v, dtype, device, rounds, gamma, include_liger):
     x.grad = None
     w.grad = None
 
-    # Time, interleaved rounds.
+    # Time, interleaved rounds: wall clock, and the process's CPU time (all threads), which
+    # other processes on a shared machine disturb less.
     times: dict[str, list[float]] = {k: [] for k in table}
+    cpu_times: dict[str, list[float]] = {k: [] for k in table}
     names = list(table)
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step(table[name], x, w, t)
             sync()
             times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"shape": (n, d, v), "median_s": med, "peak_extra_bytes": peaks}
+            cpu_times[name].append(time.process_time() - cpu_start)
+    return {
+        "shape": (n, d, v),
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "min_s": {k: min(v) for k, v in times.items()},
+        "median_cpu_s": {k: statistics.median(v) for k, v in cpu_times.items()},
+        "rounds_s": times,
+        "peak_extra_bytes": peaks,
+    }
 
 
 def report(result: dict) -> str:
     n, d, v = result["shape"]
     med, peaks = result["median_s"], result["peak_extra_bytes"]
+    low, cpu = result["min_s"], result["median_cpu_s"]
     lines = [f"N={n} D={d} V={v}"]
     for name in med:
         lines.append(
-            f"  {name:9s} time {med[name] * 1e3:9.1f} ms ({med[name] / med['unfused']:.2f}x)   "
+            f"  {name:9s} median {med[name] * 1e3:9.1f} ms ({med[name] / med['unfused']:.2f}x)  "
+            f"min {low[name] * 1e3:9.1f} ms ({low[name] / low['unfused']:.2f}x)  "
+            f"CPU time {cpu[name]:7.1f} s ({cpu[name] / cpu['unfused']:.2f}x)  "
             f"peak above inputs and W.grad {peaks[name] / 2**20:8.1f} MiB "
             f"({peaks[name] / peaks['unfused']:.3f}x)"
         )
@@ -173,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     cases = [tuple(int(s) for s in args.shape.split(","))] if args.shape else CPU_CASES
     rounds = args.rounds or 5
-    print(f"machine: {machine()}")
-    print(f"float32, fwd+bwd, gamma={args.gamma}, {rounds} interleaved rounds, medians")
+    print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.1f}")
+    print(f"float32, fwd+bwd, gamma={args.gamma}, {rounds} interleaved rounds")
     results = []
     for n, d, v in cases:
         result = run_case(n, d, v, torch.float32, "cpu", rounds, args.gamma, False)
@@ -183,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "results": results}, f, indent=1)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 def run_cuda(args: argparse.Namespace) -> None:
@@ -194,7 +207,7 @@ def run_cuda(args: argparse.Namespace) -> None:
     cases = [tuple(int(s) for s in args.shape.split(","))] if args.shape else CUDA_CASES
     rounds = args.rounds or 10
     print(f"machine: {machine()}")
-    print(f"bfloat16, fwd+bwd, gamma={args.gamma}, {rounds} interleaved rounds, medians")
+    print(f"bfloat16, fwd+bwd, gamma={args.gamma}, {rounds} interleaved rounds")
     results = []
     for n, d, v in cases:
         result = run_case(n, d, v, torch.bfloat16, "cuda", rounds, args.gamma, True)
