@@ -773,6 +773,58 @@ def test_compiled_fullgraph_equals_eager(fresh_dynamo):
         torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_compiled_dynamic_shapes_without_recompiles(fresh_dynamo):
+    """dynamic=True, three sizes (C and the number of bins change too): one graph, no
+    recompile after the first call, values and gradients equal eager and the float64
+    re-statements."""
+    from torch._dynamo.utils import counters
+
+    def fn(x, t, s, q, xd, y):
+        return (
+            varifocal_loss(x, t, s, ignore_index=-1, normalizer=2.0),
+            quality_focal_loss(x, q, beta=1.5, reduction="sum"),
+            distribution_focal_loss(xd, y, ignore_index=-1, reduction="none"),
+        )
+
+    counters.clear()
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    for i, (shape, dshape) in enumerate(
+        [((6, 4, 3), (12, 9)), ((3, 4, 7), (20, 9)), ((4, 6, 2), (7, 5))]
+    ):
+        x = logits(shape, seed=50 + i).detach()
+        t, s = index_case(shape, seed=60 + i, ignore=-1)
+        q = dense_case(shape, seed=70 + i)
+        xd = logits(dshape, seed=80 + i).detach()
+        y = torch.rand(dshape[0], generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        y = y * (dshape[1] - 1)
+        y[0] = -1.0
+        leaves_c = [v.clone().requires_grad_() for v in (x, xd)]
+        leaves_e = [v.clone().requires_grad_() for v in (x, xd)]
+        stance = torch.compiler.set_stance("fail_on_recompile") if i else contextlib.nullcontext()
+        with stance:
+            got = compiled(leaves_c[0], t, s, q, leaves_c[1], y)
+        expected = fn(leaves_e[0], t, s, q, leaves_e[1], y)
+        leaves_r = [v.clone().requires_grad_() for v in (x, xd)]
+        keep = y != -1
+        dense = dense_from_index(torch.where(t == -1, shape[1], t), s, shape[1])
+        want = (
+            (vfl_ref(leaves_r[0], dense) * (t != -1).unsqueeze(1)).sum() / 2.0,
+            qfl_ref(leaves_r[0], q, 1.5).sum(),
+            torch.where(keep, dfl_ref(leaves_r[1], y.clamp(min=0)), 0.0),
+        )
+        for a, b, c in zip(got, expected, want, strict=True):
+            torch.testing.assert_close(a, b, **TIGHT)
+            torch.testing.assert_close(a, c, **TIGHT)
+        total = lambda values: values[0] + values[1] + values[2].sum()  # noqa: E731
+        total(got).backward()
+        total(expected).backward()
+        total(want).backward()
+        for a, b, c in zip(leaves_c, leaves_e, leaves_r, strict=True):
+            torch.testing.assert_close(a.grad, b.grad, **GRAD)
+            torch.testing.assert_close(a.grad, c.grad, **GRAD)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_double_backward_and_torch_func():
     x = logits((3, 4, 2), seed=38)
     t, s = index_case((3, 4, 2), seed=39, ignore=-1)
