@@ -465,7 +465,6 @@ def _functorch_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
-@torch.compiler.assume_constant_result
 def _backend_from_environment() -> str:
     value = os.environ.get("FOCALLOSS_BACKEND", "auto").strip().lower() or "auto"
     if value not in _BACKENDS:
@@ -473,14 +472,12 @@ def _backend_from_environment() -> str:
     return value
 
 
-@torch.compiler.assume_constant_result
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@torch.compiler.assume_constant_result
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+# Whether Triton can be imported (found, not imported: nothing heavy at import time).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def _use_triton(backend: str, input: Tensor) -> bool:
@@ -493,8 +490,8 @@ def _use_triton(backend: str, input: Tensor) -> bool:
         return False
     runnable = input.device.type == "cuda" or _interpreting()
     if backend == "auto":
-        return runnable and _triton_installed()
-    if not _triton_installed():
+        return runnable and _TRITON_INSTALLED
+    if not _TRITON_INSTALLED:
         raise RuntimeError(
             "backend='triton' cannot run: Triton is not installed (pip install triton); or "
             "use backend='torch'"
