@@ -152,7 +152,8 @@ def _classification_fwd_kernel(
             m_pos = _pow(q, gp, ZERO_POS)
             loss_a = m_pos * sp_pos
             if CLIP:
-                pm = tl.maximum(p - clip, 0.0)
+                pm = p - clip
+                pm = tl.where(pm < 0.0, 0.0, pm)  # (not maximum: NaN must stay NaN)
                 nce = -_log1p(-pm)  # -log(1 - p_m), at most -log(clip)
                 m_neg = _pow(pm, gn, ZERO_NEG)
                 loss_b = m_neg * nce
@@ -206,7 +207,7 @@ def _classification_fwd_kernel(
                     if not (DETACH or ZERO_NEG):
                         live = pm > 0.0
                         inner += gn * tl.where(live, nce / tl.where(live, pm, 1.0), 0.0)
-                    grad_b = tl.where(pm > 0.0, p * q * m_neg * inner, 0.0)
+                    grad_b = tl.where(pm == 0.0, 0.0, p * q * m_neg * inner)
                 else:
                     if DETACH or ZERO_NEG:
                         grad_b = m_neg * p
