@@ -174,7 +174,7 @@ class ClosedFormLoss(torch.autograd.Function):
         loss, grad = backend.forward(spec, True)
         ctx.spec, ctx.backend = spec, backend
         if torch.compiler.is_compiling():
-            ctx.save_for_backward(grad)
+            ctx.save_for_backward(grad, input)
         else:
             ctx.grad = grad
             ctx.save_for_backward(input)  # for create_graph=True and retain_graph
@@ -193,14 +193,28 @@ class ClosedFormLoss(torch.autograd.Function):
             (grad,) = torch.autograd.grad(loss, input, grad_output, create_graph=True)
             return None, None, grad
         if torch.compiler.is_compiling():
-            (grad,) = ctx.saved_tensors
-            return None, None, backend.scale_grad(grad, grad_output, spec.layout, False)
+            grad, input = ctx.saved_tensors
+            return None, None, _compiled_scale(grad, grad_output, input, spec.layout)
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # retain_graph: a second backward through this node
             (input,) = ctx.saved_tensors
             _, grad = backend.forward(spec.with_input(input), True)
         inplace = not _batched(grad_output)
         return None, None, backend.scale_grad(grad, grad_output, spec.layout, inplace)
+
+
+@torch.library.custom_op("focalloss::compiled_scale", mutates_args=())
+def _compiled_scale(grad: Tensor, grad_output: Tensor, input: Tensor, layout: str) -> Tensor:
+    """``grad * grad_output`` in compiled backward. ``input`` is an argument only so that the
+    compiled backward keeps it: with it, PyTorch's own check rejects a double backward through
+    compiled code (``create_graph=True``) with a clear error, instead of returning a gradient
+    without a graph."""
+    return grad * broadcast_grad_output(grad_output, layout).to(grad.dtype)  # type: ignore[arg-type]
+
+
+@_compiled_scale.register_fake
+def _(grad, grad_output, input, layout):
+    return torch.empty_like(grad)
 
 
 def broadcast_grad_output(grad_output: Tensor, layout: Layout) -> Tensor:
@@ -216,5 +230,9 @@ def _batched(grad_output: Tensor) -> bool:
 
 
 def _functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (grad, vmap, ...) is running."""
+    """Whether a ``torch.func`` transform (grad, vmap, ...) is running. While dynamo traces
+    (``torch.compile``) the interpreter stack is never empty, so it is not a transform then:
+    the compiled loss must take the closed form, not the composite."""
+    if torch.compiler.is_compiling():
+        return False
     return torch._C._functorch.peek_interpreter_stack() is not None

@@ -40,6 +40,8 @@ def constant_vector(values: Sequence[float], device: torch.device, dtype: torch.
     Building it from Python data is a host-to-device copy (and cannot be captured in a CUDA
     graph); the cache makes that happen once per distinct vector, not at every call.
     """
+    if torch.compiler.is_compiling():  # a constant of the graph (and no cache to guard on)
+        return torch.tensor(list(values), dtype=dtype, device=device)
     key = (tuple(values), device, dtype)
     cached = _VECTOR_CACHE.get(key)
     if cached is None:
@@ -86,7 +88,7 @@ def class_vector(
         negative = [v for v in numbers if not (v >= 0.0 and v < math.inf)]
         if negative:
             raise ValueError(f"{name}: expected finite values >= 0, got {negative[0]}")
-        high = max(numbers, default=0.0)
+        high = max(numbers) if numbers else 0.0
         if high > upper:
             raise ValueError(f"{name}: per-class factors must lie in [0, {upper:g}], got {high}")
         return constant_vector(numbers, input.device, dtype)

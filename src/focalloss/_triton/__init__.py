@@ -20,7 +20,9 @@ from .._engine import Layout, Spec, broadcast_grad_output
 
 _ops: ModuleType | None = None
 _error: str | None = None
-_installed: bool | None = None
+# Whether triton can be found (a lookup on sys.path, not an import): fixed at import, so that
+# compiled code does not guard on a value that changes at its first call.
+_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def interpreting() -> bool:
@@ -30,10 +32,7 @@ def interpreting() -> bool:
 
 def triton_error() -> str | None:
     """Why Triton cannot be used (None when it can); does not import it."""
-    global _installed
-    if _installed is None:
-        _installed = importlib.util.find_spec("triton") is not None
-    if not _installed:
+    if not _INSTALLED:
         return "Triton is not installed (pip install triton; it ships with CUDA builds of torch)"
     return _error
 
