@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -355,6 +356,29 @@ def machine_description(device: torch.device) -> dict[str, object]:
     return info
 
 
+_IMPORT_PROBE = (
+    "import time, torch; start = time.perf_counter(); import focalloss; "
+    "print(time.perf_counter() - start)"
+)
+
+
+def import_cost(rounds: int = 5) -> tuple[float, float]:
+    """Seconds that ``import focalloss`` adds after ``import torch`` and, for scale, the
+    seconds of ``import torch`` itself: medians over fresh interpreter processes."""
+    added, base = [], []
+    for _ in range(rounds):
+        out = subprocess.run(
+            [sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, check=True
+        )
+        added.append(float(out.stdout.strip().splitlines()[-1]))
+        probe = "import time; s = time.perf_counter(); import torch; print(time.perf_counter() - s)"
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        base.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(added), statistics.median(base)
+
+
 def format_table(results: list[Result]) -> str:
     header = (
         f"{'case':<34} {'implementation':<28} {'fwd+bwd ms':>10} {'ratio':>6} "
@@ -386,6 +410,7 @@ def run(
     compile: bool = True,
     json_path: str | None = None,
     print_fn: Callable[[str], None] = print,
+    import_time: bool = False,
 ) -> list[Result]:
     """Run the benchmark (``losses``: "softmax", "sigmoid" or "all"), print its table."""
     if rounds < 1:
@@ -417,6 +442,14 @@ def run(
     for case in cases:
         results += run_case(case, dev, rounds, warmup)
     print_fn(format_table(results))
+    imports = None
+    if import_time:
+        added, base = import_cost()
+        imports = {"import_focalloss_s": added, "import_torch_s": base}
+        print_fn(
+            f"import focalloss adds {added:.3f} s to import torch ({base:.2f} s); "
+            f"medians of 5 fresh processes"
+        )
     if json_path:
         with open(json_path, "w") as f:
             json.dump(
@@ -425,6 +458,7 @@ def run(
                     "dtype": dtype,
                     "rounds": rounds,
                     "results": [asdict(r) for r in results],
+                    "imports": imports,
                 },
                 f,
                 indent=2,

@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     bench.add_argument("--json", metavar="PATH", help="write raw results and the machine here")
+    bench.add_argument(
+        "--import-time",
+        action="store_true",
+        help="also measure what `import focalloss` adds to `import torch` (fresh processes)",
+    )
     return parser
 
 
@@ -165,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             compile=not args.no_compile,
             json_path=args.json,
+            import_time=args.import_time,
         )
     return 0
 
