@@ -424,26 +424,40 @@ def test_weights():
 
 
 @pytest.mark.parametrize("fn", ["vfl", "qfl"])
-def test_large_input_runs_in_pieces_consistently(fn):
-    shape = (9000, 80)  # above the piece size: the chunked path
+@pytest.mark.parametrize("shape", [(300, 80), (2, 5, 40, 30)], ids=str)
+def test_pieces_equal_the_whole(fn, shape, monkeypatch):
+    """Inputs above the piece size are computed in pieces (along dim 0, or along dim 2 for
+    large positions): values and gradients equal the re-statement; a small piece size here
+    stands in for a large input."""
+    import focalloss._torch.detection as backend
+
+    monkeypatch.setattr(backend, "PIECE_ELEMENTS", 1000)
+    assert len(backend._pieces(torch.empty(shape))) > 3
+    c = shape[1]
     x = logits(shape, seed=25)
     t, s = index_case(shape, seed=26, ignore=-1, frac=0.1)
     keep = t != -1
-    dense = dense_from_index(torch.where(keep, t, 80), s, 80)
-    ref = vfl_ref(x, dense) if fn == "vfl" else qfl_ref(x, dense)
-    ref = ref * (keep.unsqueeze(1) if fn == "vfl" else keep)
-    loss = varifocal_loss if fn == "vfl" else quality_focal_loss
-    for reduction in ("sum", "none"):
-        ours = loss(x, t, s, ignore_index=-1, reduction=reduction)
-        expected = ref.sum() if reduction == "sum" else ref
-        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
-        go = torch.ones_like(ours)
-        torch.testing.assert_close(grad_of(ours, x, go), grad_of(expected, x, go), **GRAD)
-    # The dense form in pieces (ignored rows count as background there).
+    dense = dense_from_index(torch.where(keep, t, c), s, c)
     unmasked = vfl_ref(x, dense) if fn == "vfl" else qfl_ref(x, dense)
-    ours = loss(x, dense, reduction="sum")
-    torch.testing.assert_close(ours, unmasked.sum(), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(grad_of(ours, x), grad_of(unmasked.sum(), x), **GRAD)
+    ref = unmasked * (keep.unsqueeze(1) if fn == "vfl" else keep)
+    loss = varifocal_loss if fn == "vfl" else quality_focal_loss
+    w = torch.rand(shape[:1] + shape[2:], dtype=torch.float64)  # per position
+    weight = w.unsqueeze(1) if fn == "vfl" else w
+    for reduction in ("sum", "none", "mean"):
+        ours = loss(x, t, s, ignore_index=-1, reduction=reduction, weight=weight)
+        weighted = ref * weight
+        expected = {"sum": weighted.sum(), "none": weighted}.get(reduction)
+        if expected is None:
+            count = keep.sum() * (c if fn == "vfl" else 1)
+            expected = weighted.sum() / count
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+        go = torch.rand_like(ours)
+        torch.testing.assert_close(grad_of(ours, x, go), grad_of(expected, x, go), **GRAD)
+    # The dense form in pieces (ignored positions count as background there).
+    ours = loss(x, dense, reduction="none")
+    torch.testing.assert_close(ours, unmasked, rtol=1e-10, atol=1e-12)
+    go = torch.rand_like(ours)
+    torch.testing.assert_close(grad_of(ours, x, go), grad_of(unmasked, x, go), **GRAD)
 
 
 # --------------------------------------------------------------------------------------------

@@ -386,9 +386,9 @@ def prepare_distribution_focal(
 def _check_offsets(y: Tensor, ignored: Tensor | None, n: int, ignore_index: int | None) -> None:
     """DFL targets finite and in ``[0, n]`` except at ignored positions (a value check)."""
     values = y if ignored is None else y.masked_fill(ignored, 0.0)
-    bad = ~((values >= 0) & (values <= n))
-    if bool(bad.any()):
-        first = values[bad][0].item()
+    low, high = torch.stack(torch.aminmax(values)).tolist()  # NaN propagates: fails both
+    if not (low >= 0 and high <= n):
+        first = values[~((values >= 0) & (values <= n))][0].item()
         extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
         raise ValueError(
             f"target: offsets must be finite and lie in [0, {n}]{extra} for n + 1 = {n + 1} "

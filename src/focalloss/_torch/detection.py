@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._spec.detection import DistributionFocalSpec, QualityFocalSpec, VarifocalSpec
-from .common import chunk_slices, finish, one_hot, reduce_composite
+from .common import finish, one_hot, reduce_composite
 from .sigmoid import _logistic
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +139,31 @@ def _quality_terms(
 # The shared driver of VFL and QFL: cache-sized pieces, index or dense targets
 # --------------------------------------------------------------------------------------------
 
+# Elements of one piece: its temporaries (4 MB each in float32) stay in the last-level cache,
+# and a (200000, 80) input takes 16 pieces. Smaller pieces cost more operator launches (and,
+# with several threads on a busy CPU, more synchronisations), larger ones leave the cache.
+PIECE_ELEMENTS = 1 << 20
+
+
+def _pieces(input: Tensor) -> list[tuple[slice, ...]]:
+    """Index tuples that split ``input`` along dim 0, then along dim 2, into pieces of about
+    ``PIECE_ELEMENTS`` elements (one piece when it is at most twice that)."""
+    total = input.numel()
+    if total <= 2 * PIECE_ELEMENTS:
+        return [(slice(None),)]
+    rows = input.shape[0]
+    per_row = total // rows
+    if per_row <= PIECE_ELEMENTS or input.dim() < 3:
+        step = max(1, PIECE_ELEMENTS // per_row)
+        return [(slice(n, n + step),) for n in range(0, rows, step)]
+    per_slab = per_row // input.shape[2]
+    step = max(1, PIECE_ELEMENTS // per_slab)
+    return [
+        (slice(n, n + 1), slice(None), slice(d, d + step))
+        for n in range(rows)
+        for d in range(0, input.shape[2], step)
+    ]
+
 
 def _sigmoid_family_forward(
     spec: VarifocalSpec | QualityFocalSpec, need_grad: bool
@@ -146,7 +171,7 @@ def _sigmoid_family_forward(
     input = spec.input
     dtype = spec.compute_dtype
     per_position = isinstance(spec, QualityFocalSpec)
-    chunks = chunk_slices(input)
+    chunks = _pieces(input)
     if len(chunks) == 1:
         loss, grad = _piece(spec, (slice(None),), need_grad)
         return finish(loss if spec.reduction == "none" else loss.sum(), grad, spec, summed=True)
@@ -229,42 +254,47 @@ def _quality_forward(spec: QualityFocalSpec, need_grad: bool) -> tuple[Tensor, T
 # --------------------------------------------------------------------------------------------
 
 
-def _bins(spec: DistributionFocalSpec) -> tuple[Tensor, Tensor, Tensor]:
-    """``(l, w_l, w_r)``: the left bin ``(N, 1, *)`` (int64) and the two weights."""
+def _bins(spec: DistributionFocalSpec) -> tuple[Tensor, Tensor]:
+    """``(bins, weights)``, both ``(N, 2, *)``: the bins ``l, l + 1`` (int64) around each
+    target and their weights ``l + 1 - y, y - l``."""
     n = spec.input.shape[1] - 1
-    y = spec.target
+    y = spec.target.unsqueeze(1)
     left = y.floor().clamp_(0, n - 1)
-    w_r = (y - left).unsqueeze(1)
-    return left.long().unsqueeze(1), 1.0 - w_r, w_r
+    w_r = y - left
+    weights = torch.cat([1.0 - w_r, w_r], dim=1)
+    left = left.long()
+    return torch.cat([left, left + 1], dim=1), weights
 
 
-def _picked(w: Tensor, values: Tensor) -> Tensor:
-    """``w * values``, 0 where ``w`` is 0 (an unused bin may hold -inf)."""
-    return torch.where(w == 0, 0.0, w * values)
+def _picked_loss(ls: Tensor, bins: Tensor, weights: Tensor) -> Tensor:
+    """``-(w_l ls_l + w_r ls_{l+1})`` per position; a term with weight 0 is dropped, not
+    multiplied (an unused bin may hold -inf)."""
+    picked = ls.gather(1, bins)
+    return torch.where(weights == 0, 0.0, weights * picked).sum(1).neg_()
 
 
 def _distribution_forward(
     spec: DistributionFocalSpec, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     x = spec.input.to(spec.compute_dtype)
-    left, w_l, w_r = _bins(spec)
+    bins, weights = _bins(spec)
     ls = torch.log_softmax(x, dim=1)
-    loss = (_picked(w_l, ls.gather(1, left)) + _picked(w_r, ls.gather(1, left + 1))).squeeze(1)
-    loss = loss.neg_()
-    grad = None
-    if need_grad:
-        grad = ls.exp_()  # softmax, in the log-softmax buffer
-        grad.scatter_add_(1, left, w_l.neg()).scatter_add_(1, left + 1, w_r.neg())
+    loss = _picked_loss(ls, bins, weights)
     if spec.weight is not None:
         loss = loss.mul_(spec.weight)
-        if grad is not None:
-            grad = grad.mul_(spec.weight.unsqueeze(1))
     if spec.ignored is not None:
         loss = loss.masked_fill_(spec.ignored, 0.0)
-        if grad is not None:
+    grad = None
+    if need_grad:
+        grad = ls.exp_().scatter_add_(1, bins, weights.neg_())  # softmax - the two-bin target
+        factor = spec.scale  # one pass for the "mean" factor and the weights together
+        if spec.weight is not None:
+            w = spec.weight.unsqueeze(1)
+            factor = w if factor is None else w * factor
+        if factor is not None:
+            grad = grad.mul_(factor)
+        if spec.ignored is not None:
             grad = grad.masked_fill_(spec.ignored.unsqueeze(1), 0.0)
-    if grad is not None and spec.scale is not None:
-        grad = grad.mul_(spec.scale)
     return finish(loss if spec.reduction == "none" else loss.sum(), grad, spec, summed=True)
 
 
@@ -337,9 +367,8 @@ def _quality_composite(spec: QualityFocalSpec, input: Tensor) -> Tensor:
 
 def _distribution_composite(spec: DistributionFocalSpec, input: Tensor) -> Tensor:
     x = _sanitised(spec, input)
-    left, w_l, w_r = _bins(spec)
-    ls = torch.log_softmax(x, dim=1)
-    loss = -(_picked(w_l, ls.gather(1, left)) + _picked(w_r, ls.gather(1, left + 1))).squeeze(1)
+    bins, weights = _bins(spec)
+    loss = _picked_loss(torch.log_softmax(x, dim=1), bins, weights)
     if spec.weight is not None:
         loss = spec.weight * loss
     return _finish_composite(spec, loss, per_position=True)
