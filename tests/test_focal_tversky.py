@@ -308,6 +308,19 @@ def test_large_input_matches_the_formula():
         torch.testing.assert_close(_grad(ours, x), _grad(ref, x), rtol=1e-8, atol=1e-15)
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+def test_gradient_in_groups_of_images(per_image, monkeypatch):
+    from focalloss._torch import focal_tversky as backend
+
+    monkeypatch.setattr(backend, "_SCRATCH_ELEMENTS", 2 * 4 * 5 * 6)  # two images per group
+    x = _x((5, 4, 5, 6), seed=27)
+    t, onehot, valid = _index_case((5, 4, 5, 6), True, seed=28)
+    ours = focal_tversky_loss(x, t, ignore_index=255, per_image=per_image)
+    ref = tversky_formula(x, onehot, valid, per_image=per_image)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(_grad(ours, x), _grad(ref, x), rtol=1e-10, atol=1e-15)
+
+
 def test_module_equals_function_buffers_and_repr():
     weight = torch.tensor([1.0, 2.0, 0.5])
     module = FocalTverskyLoss(alpha=0.6, beta=0.4, gamma=1.5, smooth=0.5, weight=weight,

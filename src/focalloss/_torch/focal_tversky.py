@@ -224,8 +224,29 @@ def _index_grad(
     # Softmax: p_ic (A_c + B_c g_ic - dot_i), dot_i = sum_c p_ic A_c + p_it B_t.
     dot = _class_dot(p, a, spec.per_image).unsqueeze(1)
     dot = dot.addcmul_(s_t, p_t)  # the target entries (zeroed in p) add p_t (A_t + B_t)
-    p.mul_(a_view - dot)  # one temporary: a per-class loop costs more operations
+    _scale_by_coef_minus_dot(p, a_view, dot, spec.per_image)
     return p.scatter_(1, idx, s_t.sub_(dot).mul_(p_t))
+
+
+# Elements of the scratch buffer of the softmax gradient: groups of images share one buffer,
+# whose pages are then touched once (a fresh logits-sized buffer costs more in page faults on
+# the CPU than the arithmetic), in a few large operations (a loop over classes would be many).
+_SCRATCH_ELEMENTS = 1 << 22
+
+
+def _scale_by_coef_minus_dot(p: Tensor, a_view: Tensor, dot: Tensor, per_image: bool) -> None:
+    """``p *= a - dot`` in place (``a``: ``(1 or N, C, 1, ...)``, ``dot``: ``(N, 1, ...)``)."""
+    n = p.shape[0]
+    group = max(1, _SCRATCH_ELEMENTS // max(p[0].numel(), 1)) if n else 1
+    if group >= n:
+        p.mul_(a_view - dot)
+        return
+    scratch = p.new_empty((group, *p.shape[1:]))
+    for n0 in range(0, n, group):
+        n1 = min(n0 + group, n)
+        buf = scratch[: n1 - n0]
+        torch.sub(a_view[n0:n1] if per_image else a_view, dot[n0:n1], out=buf)
+        p[n0:n1].mul_(buf)
 
 
 def _gather_classes(values: Tensor, idx: Tensor, per_image: bool) -> Tensor:
