@@ -11,6 +11,8 @@ Public API:
   their modules), :func:`dfl_decode`: the focal losses of modern detectors (VFNet, GFL, YOLO).
 * :func:`asymmetric_loss`, :func:`sigmoid_focal_loss_star`, :func:`focal_tversky_loss` (and
   their modules): the asymmetric loss (multi-label), FL* and the focal Tversky loss.
+* :class:`GammaSchedule`: a sample-dependent ``gamma`` (FLSD-53) for ``focal_loss`` and
+  ``sigmoid_focal_loss``.
 * :func:`prior_bias`, :func:`init_prior_bias_`: classifier bias initialisation.
 * :func:`class_balanced_weights`: effective-number class weights (Cui et al. 2019).
 * :func:`set_value_checks`: switch off the checks that read tensor values.
@@ -38,6 +40,7 @@ from .functional import focal_loss, sigmoid_focal_loss
 from .linear import LinearFocalLoss, linear_focal_loss
 from .modules import FocalLoss, SigmoidFocalLoss
 from .priors import init_prior_bias_, prior_bias
+from .schedules import GammaSchedule
 from .weights import class_balanced_weights
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "DistributionFocalLoss",
     "FocalLoss",
     "FocalTverskyLoss",
+    "GammaSchedule",
     "LinearFocalLoss",
     "QualityFocalLoss",
     "SigmoidFocalLoss",

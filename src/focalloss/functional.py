@@ -13,6 +13,7 @@ from torch import Tensor
 from ._engine import BackendName, Reduction, run
 from ._spec import sigmoid as _sigmoid
 from ._spec import softmax as _softmax
+from .schedules import GammaSchedule
 
 __all__ = ["focal_loss", "sigmoid_focal_loss"]
 
@@ -21,7 +22,7 @@ def focal_loss(
     input: Tensor,
     target: Tensor,
     *,
-    gamma: float = 2.0,
+    gamma: float | GammaSchedule = 2.0,
     alpha: float | Sequence[float] | Tensor | None = None,
     weight: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = -100,
@@ -30,6 +31,7 @@ def focal_loss(
     detach_modulator: bool = False,
     backend: BackendName = "auto",
     sync_normalizer: bool = False,
+    poly1_epsilon: float = 0.0,
 ) -> Tensor:
     r"""Multi-class (softmax) focal loss of Lin et al. (2017), a drop-in for ``F.cross_entropy``.
 
@@ -46,6 +48,25 @@ def focal_loss(
     ``w_t``. With ``gamma = 0`` and ``alpha = None`` values and gradients equal
     ``F.cross_entropy`` with the same ``weight``, ``ignore_index``, ``reduction`` and
     ``label_smoothing``.
+
+    Poly-1 (Leng et al. 2022), ``e = poly1_epsilon``: each position gains
+
+    .. math::
+
+        v_i\, e\, W_i\, (1 - P_i)^{\gamma + 1},\qquad
+        1 - P_i = \sum_c q_{ic} (1 - p_{ic}),
+
+    i.e. ``P_i = sum_c q_ic p_ic`` (``p_t`` for hard targets) whenever ``q_i`` sums to 1, as it
+    does for class indices; ``W_i = w_{target_i}`` for class indices (smoothed or not) and
+    ``sum_c w_c target_ic`` for probabilities (1 without ``weight``), as ``F.cross_entropy``
+    weights a position, and not ``alpha`` (as in the paper's listing). ``"mean"`` keeps its
+    divisor, so with ``weight`` it stays a weighted mean; ignored positions get 0. With
+    ``gamma = 0`` this is Poly-1 cross-entropy, ``CE + e (1 - p_t)``.
+
+    ``gamma`` may be a :class:`~focalloss.GammaSchedule` (e.g. ``GammaSchedule.flsd53()``,
+    Mukhoti et al. 2020): each position then uses the schedule's value at its detached
+    ``P_i`` (the same ``p_t`` as Poly-1's) in every class's ``(1 - p_ic)^gamma`` and in the
+    Poly-1 term. Within a piece the gradient is the constant-``gamma`` one.
 
     Reductions: ``"none"`` returns ``loss_i`` (0 at ignored positions); ``"sum"`` their sum;
     ``"mean"`` the sum divided by ``sum_i v_i * w_{target_i}`` for class indices (as
@@ -72,7 +93,8 @@ def focal_loss(
             (0 when unbatched). Any layout (channels_last, strided views) is read as it is.
         target: class indices ``(N, d1, ..., dk)`` (``()`` when unbatched) of an integer dtype
             (int64 or uint8, say), or class probabilities of the input's shape (floating).
-        gamma: focusing parameter ``>= 0``. Default: 2.
+        gamma: focusing parameter ``>= 0``, or a :class:`~focalloss.GammaSchedule` (gamma
+            per position from its detached ``p_t``). Default: 2.
         alpha: per-class factors ``a`` (a sequence or 1-D tensor of ``C`` values ``>= 0``), or
             a number ``a`` in [0, 1] meaning ``[a, 1 - a]`` for classes 0 and 1 (the seed
             module's convention, valid only when ``C == 2``), or None. Default: None.
@@ -93,6 +115,8 @@ def focal_loss(
             across ranks and return ``world_size * local_sum / global_divisor``, so that DDP's
             gradient averaging equals one process training on all ranks' batches (see
             :mod:`focalloss.distributed`). Only with ``reduction="mean"``. Default: False.
+        poly1_epsilon: the Poly-1 coefficient ``e``, any finite number (the paper uses 1 for
+            classification, and -1 on some detection tasks). Default: 0 (no Poly-1 term).
 
     Returns:
         A 0-d tensor, or ``(N, d1, ..., dk)`` for ``reduction="none"``; float32 for half inputs.
@@ -105,6 +129,10 @@ def focal_loss(
         >>> focal_loss(logits, target, gamma=2.0)
         tensor(0.2722)
         >>> torch.allclose(focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target))
+        True
+        >>> p_t = torch.softmax(logits, 1)[[0, 1], [0, 2]]  # Poly-1 CE = CE + e (1 - p_t)
+        >>> poly = focal_loss(logits, target, gamma=0.0, poly1_epsilon=1.0)
+        >>> torch.allclose(poly, F.cross_entropy(logits, target) + (1 - p_t).mean())
         True
     """
     spec = _softmax.prepare(
@@ -119,6 +147,7 @@ def focal_loss(
         detach_modulator=detach_modulator,
         backend=backend,
         sync_normalizer=sync_normalizer,
+        poly1_epsilon=poly1_epsilon,
     )
     return run(spec, backend)
 
@@ -127,7 +156,7 @@ def sigmoid_focal_loss(
     input: Tensor,
     target: Tensor,
     *,
-    gamma: float = 2.0,
+    gamma: float | GammaSchedule = 2.0,
     alpha: float | Sequence[float] | Tensor | None = 0.25,
     weight: Tensor | None = None,
     pos_weight: Tensor | None = None,
@@ -137,6 +166,7 @@ def sigmoid_focal_loss(
     detach_modulator: bool = False,
     backend: BackendName = "auto",
     sync_normalizer: bool = False,
+    poly1_epsilon: float = 0.0,
 ) -> Tensor:
     r"""Sigmoid (binary, multi-label, RetinaNet) focal loss with a closed-form gradient.
 
@@ -153,6 +183,12 @@ def sigmoid_focal_loss(
     ``torchvision.ops.sigmoid_focal_loss`` elementwise (soft targets included; torchvision's
     default reduction is ``"none"``, this one's ``"mean"``). With ``gamma=0`` and
     ``alpha=None`` it equals ``F.binary_cross_entropy_with_logits`` (values and gradients).
+
+    Poly-1 (Leng et al. 2022), ``e = poly1_epsilon``: each element gains
+    ``e * w * (1 - p_t)^(gamma + 1)``, multiplied by ``weight`` but not by ``alpha`` (as in the
+    paper's listing) nor ``pos_weight``; ``"mean"`` keeps its divisor; ignored positions get 0.
+    ``gamma`` may be a :class:`~focalloss.GammaSchedule`: each element uses the schedule's
+    value at its detached ``p_t`` (within a piece the gradient is the constant-``gamma`` one).
 
     Targets:
 
@@ -184,7 +220,8 @@ def sigmoid_focal_loss(
         input: logits of any shape: ``(N, C, *)`` per-class outputs, or ``(N,)``/``(N, *)``
             for a single binary output.
         target: float labels of the input's shape, or integer class indices (see above).
-        gamma: focusing parameter ``>= 0``. Default: 2.
+        gamma: focusing parameter ``>= 0``, or a :class:`~focalloss.GammaSchedule` (gamma per
+            element from its detached ``p_t``). Default: 2.
         alpha: weight of positives in [0, 1] (negatives get ``1 - alpha``); a negative number
             or None disables it (torchvision's convention for ``-1``); or ``C`` per-class values
             in [0, 1] applied along dim 1. Default: 0.25.
@@ -206,6 +243,7 @@ def sigmoid_focal_loss(
             ``world_size * local_sum / global_divisor``, so that DDP's gradient averaging
             equals one process training on all ranks' batches (see
             :mod:`focalloss.distributed`). Only with ``reduction="mean"``. Default: False.
+        poly1_epsilon: the Poly-1 coefficient ``e``, any finite number. Default: 0.
 
     Returns:
         A 0-d tensor, or the elementwise loss for ``reduction="none"``.
@@ -234,6 +272,7 @@ def sigmoid_focal_loss(
         detach_modulator=detach_modulator,
         backend=backend,
         sync_normalizer=sync_normalizer,
+        poly1_epsilon=poly1_epsilon,
     )
     return run(spec, backend)
 

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 from . import _validation as V
 from ._engine import BackendName, Reduction, check_backend
-from ._spec.softmax import check_number_alpha
+from ._spec.softmax import check_number_alpha, check_poly1_epsilon
 from .functional import focal_loss, sigmoid_focal_loss
+from .schedules import GammaSchedule
 
 __all__ = ["FocalLoss", "SigmoidFocalLoss"]
 
@@ -69,6 +70,18 @@ def as_buffer(
     return tensor
 
 
+def check_module_gamma(gamma: object) -> float | GammaSchedule:
+    """A number ``gamma`` (checked) or a :class:`GammaSchedule` (checked when built), kept as
+    given."""
+    if isinstance(gamma, GammaSchedule):
+        return gamma
+    if isinstance(gamma, bool) or not isinstance(gamma, Real):
+        raise TypeError(
+            f"gamma: expected a real number >= 0, got {type(gamma).__name__} (or a GammaSchedule)"
+        )
+    return V.check_gamma(gamma)
+
+
 class _LossModule(nn.Module):
     """Configuration holder: per-class values are converted on every assignment."""
 
@@ -106,7 +119,7 @@ class FocalLoss(_LossModule):
     all-ignored batch gives 0 instead of NaN.
 
     Args:
-        gamma: focusing parameter ``>= 0``. Default: 2.
+        gamma: focusing parameter ``>= 0``, or a :class:`~focalloss.GammaSchedule`. Default: 2.
         alpha: per-class factors (sequence or 1-D tensor, stored as the buffer ``alpha``), or
             a number ``a`` meaning ``[a, 1 - a]`` for a two-class problem, or None.
         size_average: deprecated seed argument: True means ``reduction="mean"``, False
@@ -120,6 +133,7 @@ class FocalLoss(_LossModule):
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :func:`focalloss.focal_loss`).
         sync_normalizer: all-reduce the ``"mean"`` divisor across DDP ranks (see
             :mod:`focalloss.distributed`). Default: False.
+        poly1_epsilon: the Poly-1 coefficient (see :func:`focalloss.focal_loss`). Default: 0.
 
     Shape:
         - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` logits.
@@ -148,7 +162,7 @@ class FocalLoss(_LossModule):
 
     def __init__(
         self,
-        gamma: float = 2.0,
+        gamma: float | GammaSchedule = 2.0,
         alpha: float | Sequence[float] | Tensor | None = None,
         size_average: bool | None = None,
         ignore_index: int | None = -100,
@@ -159,6 +173,7 @@ class FocalLoss(_LossModule):
         detach_modulator: bool = False,
         backend: BackendName = "auto",
         sync_normalizer: bool = False,
+        poly1_epsilon: float = 0.0,
     ) -> None:
         super().__init__()
         check_backend(backend)
@@ -175,7 +190,8 @@ class FocalLoss(_LossModule):
             reduction = "mean" if size_average else "sum"
         V.check_reduction(reduction)
         V.check_sync_normalizer(sync_normalizer, reduction)
-        self.gamma = V.check_gamma(gamma)
+        self.gamma = check_module_gamma(gamma)
+        self.poly1_epsilon = check_poly1_epsilon(poly1_epsilon)
         self.label_smoothing = V.check_unit_interval("label_smoothing", label_smoothing)
         V.check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
@@ -211,6 +227,7 @@ class FocalLoss(_LossModule):
             detach_modulator=self.detach_modulator,
             backend=self.backend,
             sync_normalizer=self.sync_normalizer,
+            poly1_epsilon=self.poly1_epsilon,
         )
 
     def extra_repr(self) -> str:
@@ -218,6 +235,8 @@ class FocalLoss(_LossModule):
         parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
         if self.label_smoothing:
             parts.append(f"label_smoothing={self.label_smoothing}")
+        if self.poly1_epsilon:
+            parts.append(f"poly1_epsilon={self.poly1_epsilon}")
         if self.detach_modulator:
             parts.append("detach_modulator=True")
         return ", ".join(parts)
@@ -229,7 +248,8 @@ class SigmoidFocalLoss(_LossModule):
     Per-class ``alpha``, ``weight`` and ``pos_weight`` tensors are buffers (they follow
     ``.to()`` and are saved in ``state_dict``). ``normalizer`` can be fixed here or given per
     call (``criterion(logits, target, normalizer=num_positives)``), which is how detectors use
-    it.
+    it. ``gamma`` may be a :class:`~focalloss.GammaSchedule`, and ``poly1_epsilon`` adds the
+    Poly-1 term (see :func:`focalloss.sigmoid_focal_loss`).
 
     Example:
         >>> import torch
@@ -251,7 +271,7 @@ class SigmoidFocalLoss(_LossModule):
     def __init__(
         self,
         *,
-        gamma: float = 2.0,
+        gamma: float | GammaSchedule = 2.0,
         alpha: float | Sequence[float] | Tensor | None = 0.25,
         weight: Tensor | None = None,
         pos_weight: Tensor | None = None,
@@ -261,6 +281,7 @@ class SigmoidFocalLoss(_LossModule):
         detach_modulator: bool = False,
         backend: BackendName = "auto",
         sync_normalizer: bool = False,
+        poly1_epsilon: float = 0.0,
     ) -> None:
         super().__init__()
         check_backend(backend)
@@ -268,7 +289,8 @@ class SigmoidFocalLoss(_LossModule):
         V.check_reduction(reduction)
         V.check_sync_normalizer(sync_normalizer, reduction)
         self.sync_normalizer = sync_normalizer
-        self.gamma = V.check_gamma(gamma)
+        self.gamma = check_module_gamma(gamma)
+        self.poly1_epsilon = check_poly1_epsilon(poly1_epsilon)
         V.check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -312,6 +334,7 @@ class SigmoidFocalLoss(_LossModule):
             detach_modulator=self.detach_modulator,
             backend=self.backend,
             sync_normalizer=self.sync_normalizer,
+            poly1_epsilon=self.poly1_epsilon,
         )
 
     def extra_repr(self) -> str:
@@ -319,6 +342,8 @@ class SigmoidFocalLoss(_LossModule):
         if self.alpha is not None and self.alpha.dim() == 0:
             parts.append(f"alpha={self.alpha.item():g}")
         parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
+        if self.poly1_epsilon:
+            parts.append(f"poly1_epsilon={self.poly1_epsilon}")
         if self.detach_modulator:
             parts.append("detach_modulator=True")
         return ", ".join(parts)

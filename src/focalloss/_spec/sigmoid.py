@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .. import _validation as V
 from .._engine import Spec
+from ..schedules import GammaSchedule
 from . import (
     check_common,
     check_vector_values,
@@ -20,6 +21,7 @@ from . import (
     layout_for,
     mean_scale,
 )
+from .softmax import check_gamma_or_schedule, check_poly1_epsilon
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,11 @@ class SigmoidFocalSpec(Spec):
             along dim 1), in the compute dtype.
         weight, pos_weight: None, or views of the input's shape (stride 0 where broadcast) in
             the compute dtype.
-        gamma, detach_modulator: as in ``sigmoid_focal_loss``.
+        gamma, detach_modulator: as in ``sigmoid_focal_loss``; ``gamma`` is NaN when a
+            schedule is given (a schedule of one value arrives as its number).
+        gamma_thresholds, gamma_values: a :class:`~focalloss.GammaSchedule` of at least two
+            pieces as plain tuples of floats (empty for a constant ``gamma``).
+        poly1_epsilon: the Poly-1 coefficient (0: no Poly-1 term).
     """
 
     family = "sigmoid_focal"
@@ -49,17 +55,24 @@ class SigmoidFocalSpec(Spec):
     pos_weight: Tensor | None
     gamma: float
     detach_modulator: bool
+    gamma_thresholds: tuple[float, ...] = ()
+    gamma_values: tuple[float, ...] = ()
+    poly1_epsilon: float = 0.0
 
     @property
     def index(self) -> bool:
         return not self.target.is_floating_point()
+
+    @property
+    def scheduled(self) -> bool:
+        return len(self.gamma_thresholds) > 0
 
 
 def prepare(
     input: Tensor,
     target: Tensor,
     *,
-    gamma: float,
+    gamma: float | GammaSchedule,
     alpha: float | Sequence[float] | Tensor | None,
     weight: Tensor | None,
     pos_weight: Tensor | None,
@@ -69,9 +82,11 @@ def prepare(
     detach_modulator: bool,
     backend: str,
     sync_normalizer: bool,
+    poly1_epsilon: float = 0.0,
 ) -> SigmoidFocalSpec:
     check_common(input, target, reduction, backend, detach_modulator, ignore_index)
-    gamma = V.check_gamma(gamma)
+    gamma, thresholds, values = check_gamma_or_schedule(gamma)
+    poly1_epsilon = check_poly1_epsilon(poly1_epsilon)
     V.check_constants(
         target=target, alpha=alpha, weight=weight, pos_weight=pos_weight, normalizer=normalizer
     )
@@ -119,6 +134,9 @@ def prepare(
         pos_weight=elementwise_weight("pos_weight", pos_weight, input),
         gamma=gamma,
         detach_modulator=detach_modulator,
+        gamma_thresholds=thresholds,
+        gamma_values=values,
+        poly1_epsilon=poly1_epsilon,
     )
 
 

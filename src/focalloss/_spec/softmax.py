@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from numbers import Real
 
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from .. import _validation as V
 from .._engine import Spec
+from ..schedules import GammaSchedule
 from . import (
     check_common,
     class_vector,
@@ -32,7 +34,13 @@ class SoftmaxFocalSpec(Spec):
             or class probabilities of the input's shape (any floating dtype).
         ignored: bool ``(N, *)`` mask of ignored positions, or None (none ignored).
         coef: ``(C,)`` contiguous ``weight * alpha`` in the compute dtype, or None.
-        gamma, label_smoothing, detach_modulator: as in ``focal_loss``.
+        gamma, label_smoothing, detach_modulator: as in ``focal_loss``; ``gamma`` is NaN when
+            a schedule is given (a schedule of one value arrives as its number).
+        gamma_thresholds, gamma_values: a :class:`~focalloss.GammaSchedule` of at least two
+            pieces as plain tuples of floats (empty for a constant ``gamma``).
+        poly1_epsilon: the Poly-1 coefficient (0: no Poly-1 term).
+        poly_weight: ``(C,)`` contiguous ``weight`` (without ``alpha``) in the compute dtype
+            when ``poly1_epsilon != 0`` and a weight is given, else None.
     """
 
     family = "softmax_focal"
@@ -43,17 +51,55 @@ class SoftmaxFocalSpec(Spec):
     gamma: float
     label_smoothing: float
     detach_modulator: bool
+    gamma_thresholds: tuple[float, ...] = ()
+    gamma_values: tuple[float, ...] = ()
+    poly1_epsilon: float = 0.0
+    poly_weight: Tensor | None = None
 
     @property
     def probabilities(self) -> bool:
         return self.target.is_floating_point()
+
+    @property
+    def scheduled(self) -> bool:
+        return len(self.gamma_thresholds) > 0
+
+
+def check_gamma_or_schedule(
+    gamma: object,
+) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
+    """``gamma`` as ``(number, thresholds, values)``: a number (or a one-value schedule) gives
+    ``(gamma, (), ())``; a schedule of several pieces gives ``(nan, thresholds, values)``."""
+    if isinstance(gamma, GammaSchedule):
+        thresholds, values = gamma.pieces()  # constants under torch.compile
+        if len(thresholds) == 0:  # one value: the constant path, bit for bit
+            return values[0], (), ()
+        return math.nan, thresholds, values
+    if isinstance(gamma, bool) or not isinstance(gamma, Real):
+        raise TypeError(
+            f"gamma: expected a real number >= 0, got {type(gamma).__name__} (or a GammaSchedule)"
+        )
+    return V.check_gamma(gamma), (), ()
+
+
+def check_poly1_epsilon(poly1_epsilon: object) -> float:
+    """The Poly-1 coefficient: any finite real number (the paper uses values in [-1, 10])."""
+    if isinstance(poly1_epsilon, bool) or not isinstance(poly1_epsilon, Real):
+        raise TypeError(
+            f"poly1_epsilon: expected a finite real number, got {type(poly1_epsilon).__name__}"
+        )
+    value = float(poly1_epsilon)
+    # comparisons, not math.isfinite: they also work on torch.compile's symbolic floats
+    if not (-math.inf < value < math.inf):
+        raise ValueError(f"poly1_epsilon: expected a finite real number, got {value}")
+    return value
 
 
 def prepare(
     input: Tensor,
     target: Tensor,
     *,
-    gamma: float,
+    gamma: float | GammaSchedule,
     alpha: float | Sequence[float] | Tensor | None,
     weight: Sequence[float] | Tensor | None,
     ignore_index: int | None,
@@ -62,9 +108,11 @@ def prepare(
     detach_modulator: bool,
     backend: str,
     sync_normalizer: bool,
+    poly1_epsilon: float = 0.0,
 ) -> SoftmaxFocalSpec:
     check_common(input, target, reduction, backend, detach_modulator, ignore_index)
-    gamma = V.check_gamma(gamma)
+    gamma, thresholds, values = check_gamma_or_schedule(gamma)
+    poly1_epsilon = check_poly1_epsilon(poly1_epsilon)
     label_smoothing = V.check_unit_interval("label_smoothing", label_smoothing)
     if input.dim() == 0:
         raise ValueError(
@@ -115,6 +163,10 @@ def prepare(
         gamma=gamma,
         label_smoothing=label_smoothing,
         detach_modulator=detach_modulator,
+        gamma_thresholds=thresholds,
+        gamma_values=values,
+        poly1_epsilon=poly1_epsilon,
+        poly_weight=weight_vec if poly1_epsilon != 0.0 else None,
     )
 
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._spec.sigmoid import SigmoidFocalSpec
 from .common import chunk_slices, class_view, finish, focal_modulator, one_hot, reduce_composite
+from .softmax import poly_factor, poly_power, scheduled_gamma, scheduled_modulator
 
 
 def forward(spec: SigmoidFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -37,6 +38,9 @@ def _options(spec: SigmoidFocalSpec) -> SigmoidOptions:
         gamma=spec.gamma,
         detach_modulator=spec.detach_modulator,
         compute_dtype=spec.compute_dtype,
+        thresholds=spec.gamma_thresholds,
+        values=spec.gamma_values,
+        poly1=spec.poly1_epsilon,
     )
 
 
@@ -62,6 +66,12 @@ def _options(spec: SigmoidFocalSpec) -> SigmoidOptions:
 # softplus(x)) except one per position, the target class, which is a positive (t = 1: u = 1 - p,
 # rho = p, ce = pw * softplus(-x)). The negatives are computed over the logits, the positives
 # per position with a gather, and written over the negatives with a scatter: no one-hot target.
+#
+# Poly-1 (e = poly1_epsilon) adds w * e * u ** (gamma + 1) (not alpha_t, not pos_weight), whose
+# derivative is w * e * (gamma + 1) * u ** gamma * p (1 - p) (1 - 2t): bounded for every
+# gamma >= 0 (u ** gamma without gamma + 1 when the modulator is detached). A GammaSchedule
+# replaces the number gamma by a per-element tensor chosen from the detached
+# p_t = p t + (1 - p)(1 - t); the formulas hold unchanged, gamma being a constant per element.
 
 
 class SigmoidOptions(NamedTuple):
@@ -71,6 +81,9 @@ class SigmoidOptions(NamedTuple):
     gamma: float
     detach_modulator: bool
     compute_dtype: torch.dtype
+    thresholds: tuple[float, ...] = ()  # a GammaSchedule (gamma is then unused)
+    values: tuple[float, ...] = ()
+    poly1: float = 0.0
 
 
 def sigmoid_focal_forward(
@@ -175,40 +188,72 @@ def _sigmoid_float_terms(
     x: Tensor, t: Tensor, opt: SigmoidOptions, *, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     t = t.to(x.dtype)
-    gamma = opt.gamma
+    gamma: float | Tensor = opt.gamma
     p, q, sp_pos, sp_neg = _logistic(x)  # q = 1 - p, sp_pos = -log p, sp_neg = -log(1 - p)
     t_neg = 1.0 - t
     if opt.pos_weight is not None:
         sp_pos.mul_(opt.pos_weight)
     ce = sp_pos.mul_(t).addcmul_(t_neg, sp_neg)
     u = torch.mul(t_neg, p).addcmul_(t, q)  # 1 - p_t
+    if len(opt.thresholds) > 0:  # gamma per element from the detached p_t
+        gamma = scheduled_gamma(torch.mul(t, p).addcmul_(t_neg, q), opt.thresholds, opt.values)
+    scheduled = isinstance(gamma, Tensor)
     pos_a, neg_a = _alpha_factors(opt.alpha)
     coef = t * pos_a + t_neg * neg_a if opt.alpha is not None else None
     if opt.weight is not None:
         coef = opt.weight.to(x.dtype) if coef is None else coef.mul_(opt.weight)
-    m = None if gamma == 0.0 else (u.square() if gamma == 2.0 else u.pow(gamma))
+    if scheduled:
+        m = u.pow(gamma)
+    else:
+        m = None if gamma == 0.0 else (u.square() if gamma == 2.0 else u.pow(gamma))
+    mp = poly_power(u, gamma) if opt.poly1 != 0.0 else None  # u ** gamma of the Poly-1 term
     wm = m if coef is None else (coef if m is None else m.mul_(coef))  # w * a_t * m
     loss = ce if wm is None else ce * wm
+    if mp is not None:  # + e * w * u ** (gamma + 1)
+        term = torch.mul(u, mp)
+        if opt.weight is not None:
+            term.mul_(opt.weight)
+        loss = loss.add(term, alpha=opt.poly1)
     if not need_grad:
         return loss, None
     # dce/dx = (1 - t) p - pw t (1 - p)
     pw_t = t if opt.pos_weight is None else t * opt.pos_weight
     dce = torch.mul(t_neg, p).sub_(pw_t * q)
-    if gamma != 0.0 and not opt.detach_modulator:
+    if (scheduled or gamma != 0.0) and not opt.detach_modulator:
         rho = torch.mul(p, q).div_(u).nan_to_num_(nan=0.0)  # 0/0 where u = 0: limit 0
         dce.addcmul_(rho.mul_(t_neg - t).mul_(gamma), ce)
-    return loss, dce if wm is None else dce.mul_(wm)
+    grad = dce if wm is None else dce.mul_(wm)
+    if mp is not None:  # + A * p (1 - p) (1 - 2t)
+        factor = poly_factor(opt.poly1, mp, opt.weight, gamma, opt.detach_modulator)
+        grad.addcmul_(factor, p.mul_(q).mul_(t_neg - t))
+    return loss, grad
 
 
 def _sigmoid_index_terms(
     x: Tensor, target: Tensor, opt: SigmoidOptions, *, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    gamma = opt.gamma
+    gamma: float | Tensor = opt.gamma
     num_classes = x.shape[1]
     pos_a, neg_a = _alpha_factors(opt.alpha)
     # Negatives (t = 0) everywhere: u = p, rho = 1 - p, ce = softplus(x), dce/dx = p.
     p, q, _, ce = _logistic(x)
-    wm = None if gamma == 0.0 else (p.square() if gamma == 2.0 else p.pow(gamma))
+    if len(opt.thresholds) > 0:  # a negative's p_t is 1 - p
+        gamma = scheduled_gamma(q, opt.thresholds, opt.values)
+    scheduled = isinstance(gamma, Tensor)
+    focal = scheduled or gamma != 0.0
+    poly_loss = poly_grad = None
+    if opt.poly1 != 0.0:  # e * w * p ** (gamma + 1); its derivative A * p (1 - p)
+        mp = poly_power(p, gamma)
+        poly_loss = torch.mul(p, mp)
+        if opt.weight is not None:
+            poly_loss.mul_(opt.weight)
+        if need_grad:
+            factor = poly_factor(opt.poly1, mp, opt.weight, gamma, opt.detach_modulator)
+            poly_grad = factor.mul_(p).mul_(q)
+    if scheduled:
+        wm = p.pow(gamma)
+    else:
+        wm = None if gamma == 0.0 else (p.square() if gamma == 2.0 else p.pow(gamma))
     owned = wm is not None
     for factor in (neg_a if opt.alpha is not None else None, opt.weight):
         if factor is None:
@@ -221,39 +266,64 @@ def _sigmoid_index_terms(
         # a fill, not torch.as_tensor(number, device=...): no host-to-device copy
         wm = (wm.to(x.dtype) if isinstance(wm, Tensor) else x.new_full((), wm)).expand_as(x)
     loss = ce if wm is None else ce * wm
+    if poly_loss is not None:
+        loss = (
+            loss.add(poly_loss, alpha=opt.poly1)
+            if wm is None
+            else loss.add_(poly_loss, alpha=opt.poly1)
+        )
     grad = None
     if need_grad:
-        grad = p.clone() if gamma == 0.0 or opt.detach_modulator else None
+        grad = p.clone() if not focal or opt.detach_modulator else None
         if grad is None:
             grad = q.mul_(ce).mul_(gamma).add_(p)
         if wm is not None:
             grad.mul_(wm)
+        if poly_grad is not None:
+            grad.add_(poly_grad)
 
     # Positives: the target class of each position (value C = background has none).
     is_pos = target < num_classes
     idx = target.clamp(max=num_classes - 1).unsqueeze(1)
     x_t = x.gather(1, idx)
     p_t, q_t, ce_t, _ = _logistic(x_t)
+    gamma_t = scheduled_gamma(p_t, opt.thresholds, opt.values) if scheduled else gamma
     pw_t = None if opt.pos_weight is None else opt.pos_weight.gather(1, idx).to(x.dtype)
     if pw_t is not None:
         ce_t = ce_t * pw_t
-    wm_t = None if gamma == 0.0 else (q_t.square() if gamma == 2.0 else q_t.pow(gamma))
+    if scheduled:
+        wm_t = q_t.pow(gamma_t)
+    else:
+        wm_t = None if gamma == 0.0 else (q_t.square() if gamma == 2.0 else q_t.pow(gamma))
     if opt.alpha is not None:
         a_t = pos_a.expand_as(x).gather(1, idx) if isinstance(pos_a, Tensor) else pos_a
         wm_t = a_t if wm_t is None else wm_t * a_t
+    w_t = None
     if opt.weight is not None:
         w_t = opt.weight.gather(1, idx).to(x.dtype)
         wm_t = w_t if wm_t is None else wm_t * w_t
     pos = is_pos.unsqueeze(1)
     loss_t = ce_t if wm_t is None else ce_t * wm_t
+    poly_grad_t = None
+    if opt.poly1 != 0.0:  # e * w * (1 - p) ** (gamma + 1); its derivative -A * p (1 - p)
+        mp_t = poly_power(q_t, gamma_t)
+        term_t = torch.mul(q_t, mp_t)
+        if w_t is not None:
+            term_t.mul_(w_t)
+        loss_t = loss_t + opt.poly1 * term_t
+        if need_grad:
+            factor_t = poly_factor(opt.poly1, mp_t, w_t, gamma_t, opt.detach_modulator)
+            poly_grad_t = factor_t.mul_(p_t).mul_(q_t).neg_()
     loss.scatter_(1, idx, torch.where(pos, loss_t, loss.gather(1, idx)))
     if grad is None:
         return loss, None
     # dce/dx = -pw (1 - p); the modulator adds -gamma * p * ce (rho = p, 1 - 2t = -1).
     grad_t = q_t if pw_t is None else q_t * pw_t
-    if gamma != 0.0 and not opt.detach_modulator:
-        grad_t = grad_t + gamma * p_t * ce_t
+    if focal and not opt.detach_modulator:
+        grad_t = grad_t + gamma_t * p_t * ce_t
     grad_t = grad_t.neg_() if wm_t is None else grad_t.mul_(wm_t).neg_()
+    if poly_grad_t is not None:
+        grad_t = grad_t + poly_grad_t
     grad.scatter_(1, idx, torch.where(pos, grad_t, grad.gather(1, idx)))
     return loss, grad
 
@@ -272,10 +342,20 @@ def composite(spec: SigmoidFocalSpec, input: Tensor) -> Tensor:
     positive = F.softplus(-x) if options.pos_weight is None else options.pos_weight * F.softplus(-x)
     ce = t * positive + (1.0 - t) * F.softplus(x)
     u = t * torch.sigmoid(-x) + (1.0 - t) * torch.sigmoid(x)  # 1 - p_t
-    m = focal_modulator(u, options.gamma, options.detach_modulator)
+    gamma: float | Tensor = options.gamma
+    if len(options.thresholds) > 0:  # a constant of each element, from the detached p_t
+        p_t = (t * torch.sigmoid(x) + (1.0 - t) * torch.sigmoid(-x)).detach()
+        gamma = scheduled_gamma(p_t, options.thresholds, options.values)
+        m = scheduled_modulator(u, gamma, options.detach_modulator)
+    else:
+        m = focal_modulator(u, options.gamma, options.detach_modulator)
     loss = ce if m is None else m * ce
     if options.alpha is not None:
         loss = (options.alpha * t + (1.0 - options.alpha) * (1.0 - t)) * loss
+    if options.poly1 != 0.0:  # not multiplied by alpha; by weight (below)
+        detach = options.detach_modulator
+        term = u.pow(gamma).detach() * u if detach else u.pow(gamma + 1.0)
+        loss = loss + options.poly1 * term
     if options.weight is not None:
         loss = options.weight * loss
     if ignored is not None:

@@ -26,11 +26,26 @@ Numerical choices:
   per-position scalar and the gradient is ``s * (p - onehot)`` with ``s = -g_t >= 0``: one
   exponential over the logits, computed in place in the log-softmax buffer.
 
+Poly-1 (``poly1_epsilon = e``) adds ``e * W * U ** (gamma + 1)`` per position, with
+``U = sum_c q_c (1 - p_c)`` (``= 1 - p_t`` for hard targets; ``= 1 - sum_c q_c p_c`` whenever
+``q`` sums to 1) and ``W`` the position's weight (``w_t``; ``sum_c w_c target_c`` for
+probabilities; 1 without ``weight``). With ``dU/dz_j = p_j (P - q_j)``, ``P = sum_c q_c p_c``,
+its gradient is ``A * p_j * (P - q_j)`` with ``A = e * W * (gamma + 1) * U ** gamma`` (``e * W
+* U ** gamma`` when the modulator is detached): bounded for every ``gamma >= 0``. For class
+indices (smoothed or not) that is ``A * (1 - eps) * p_t * (p_j - onehot_j)``, one more
+per-position scalar of the ``s * (p - onehot)`` form.
+
+A :class:`~focalloss.GammaSchedule` replaces the number ``gamma`` by a per-position tensor
+chosen from the detached ``P`` (``p_t`` for hard targets); every formula above holds with it,
+``gamma`` being a constant of each position.
+
 Large allocations dominate on the CPU (a fresh logits-sized buffer costs about three in-place
 passes), so the code below reuses buffers it owns with in-place operations.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -61,23 +76,98 @@ def forward(spec: SoftmaxFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor | N
         detach_modulator=spec.detach_modulator,
         need_grad=need_grad,
         compute_dtype=spec.compute_dtype,
+        extras=Extras.of(spec),
     )
     return finish(loss, grad, spec)
 
 
+class Extras(NamedTuple):
+    """The options beyond the focal term: a gamma schedule and the Poly-1 term."""
+
+    thresholds: tuple[float, ...] = ()
+    values: tuple[float, ...] = ()
+    poly1: float = 0.0
+    poly_weight: Tensor | None = None  # (C,) weight of the Poly-1 term, None: 1
+
+    @staticmethod
+    def of(spec: SoftmaxFocalSpec) -> Extras:
+        return Extras(
+            spec.gamma_thresholds, spec.gamma_values, spec.poly1_epsilon, spec.poly_weight
+        )
+
+    @property
+    def scheduled(self) -> bool:
+        return len(self.thresholds) > 0
+
+    @property
+    def active(self) -> bool:
+        return self.scheduled or self.poly1 != 0.0
+
+
+NO_EXTRAS = Extras()
+
+
+def scheduled_gamma(
+    p_t: Tensor, thresholds: tuple[float, ...], values: tuple[float, ...]
+) -> Tensor:
+    """The per-position (or per-element) gamma of a schedule at the detached ``p_t``:
+    ``values[k]`` with ``k`` the number of thresholds ``<= p_t`` (NaN ``p_t``: ``values[0]``)."""
+    p_t = p_t.detach()
+    gamma = torch.full_like(p_t, values[0])
+    for bound, value in zip(thresholds, values[1:], strict=True):
+        gamma.masked_fill_(p_t >= bound, value)
+    return gamma
+
+
+def scheduled_modulator(u: Tensor, gamma: Tensor, detach: bool) -> Tensor:
+    """``u ** gamma`` for a tensor ``gamma`` (detached, ``>= 0``), differentiable in ``u`` with
+    a zero derivative where ``u = 0`` (as ``common.focal_modulator``; ``0 ** 0 = 1``)."""
+    positive = u > 0
+    base = torch.where(positive, u, torch.ones_like(u))
+    m = torch.where(positive, base.pow(gamma), (gamma == 0).to(u.dtype))
+    return m.detach() if detach else m
+
+
+def poly_power(u: Tensor, gamma: float | Tensor) -> Tensor:
+    """``u ** gamma`` for the Poly-1 term (a fresh tensor; 1 for a number gamma of 0)."""
+    if isinstance(gamma, Tensor):
+        return u.pow(gamma)
+    if gamma == 0.0:
+        return torch.ones_like(u)
+    return u.square() if gamma == 2.0 else u.pow(gamma)
+
+
+def poly_factor(
+    epsilon: float, mp: Tensor, weight: Tensor | None, gamma: float | Tensor, detach: bool
+) -> Tensor:
+    """``A = e * W * (gamma + 1) * U ** gamma`` (without ``gamma + 1`` when detached), in place
+    on ``mp`` (``U ** gamma``)."""
+    if weight is not None:
+        mp.mul_(weight)
+    if detach:
+        return mp.mul_(epsilon)
+    if isinstance(gamma, Tensor):
+        return mp.mul_(gamma + 1.0).mul_(epsilon)
+    return mp.mul_(epsilon * (gamma + 1.0))
+
+
 def hard_target_terms(
-    lp_t: Tensor, gamma: float, detach_modulator: bool
+    lp_t: Tensor, gamma: float | Tensor, detach_modulator: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Per-position factors of the focal term of one class, from its log-probability ``lp_t``.
 
     Returns ``(nl, s, q)``: ``nl = m * lp`` (the loss term is ``-nl``), ``s = -g / k``
     ``= m * (1 - gamma * r)`` (``m`` when the modulator is detached; None for gamma = 0,
     where it is 1), and ``q = p - 1 = expm1(lp)``, all fresh tensors owned by the caller.
+    ``gamma`` is a number, or a per-position tensor (a schedule).
     """
     q = torch.expm1(lp_t)  # p - 1, exact near p = 1
-    if gamma == 0.0:
+    if isinstance(gamma, Tensor):
+        m = q.neg().pow_(gamma)  # 0 ** 0 = 1: a piece of gamma 0 is the cross-entropy
+    elif gamma == 0.0:
         return lp_t.clone(), None, q
-    m = q.square() if gamma == 2.0 else (q.neg() if gamma == 1.0 else q.neg().pow_(gamma))
+    else:
+        m = q.square() if gamma == 2.0 else (q.neg() if gamma == 1.0 else q.neg().pow_(gamma))
     nl = lp_t * m
     if detach_modulator:
         return nl, m, q
@@ -99,6 +189,7 @@ def per_position(
     detach_modulator: bool,
     need_grad: bool,
     compute_dtype: torch.dtype,
+    extras: Extras = NO_EXTRAS,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-position softmax focal loss and, when asked, its gradient.
 
@@ -111,6 +202,7 @@ def per_position(
         grad_scale: 0-d factor applied to every position's gradient (``1 / divisor`` for
             ``reduction="mean"``), or None for 1.
         need_grad: also return ``dloss/dinput`` of ``sum(grad_scale * loss)``.
+        extras: a gamma schedule (``gamma`` is then unused) and the Poly-1 term.
 
     Returns:
         ``(loss, grad)``: loss ``(N, *)`` in ``compute_dtype``, 0 at ignored positions;
@@ -135,6 +227,7 @@ def per_position(
             detach_modulator=detach_modulator,
             need_grad=need_grad,
             compute_dtype=compute_dtype,
+            extras=extras,
         )
         grad = None if grad is None else grad.view(rows.shape).movedim(-1, 1)
         return loss.view(rows.shape[:-1]), grad
@@ -149,6 +242,7 @@ def per_position(
             detach_modulator,
             need_grad,
             compute_dtype,
+            extras,
         )
     options = dict(
         class_coef=class_coef,
@@ -157,6 +251,7 @@ def per_position(
         eps=label_smoothing,
         detach_modulator=detach_modulator,
         compute_dtype=compute_dtype,
+        extras=extras,
     )
     chunks = chunk_slices(input)
     if len(chunks) == 1:
@@ -193,6 +288,7 @@ def _dense_forward(
     compute_dtype: torch.dtype,
     need_grad: bool,
     out: Tensor | None = None,
+    extras: Extras = NO_EXTRAS,
 ) -> tuple[Tensor, Tensor | None]:
     """Probability targets, or smoothed class indices: ``k_c`` is non-zero for every class.
 
@@ -216,16 +312,37 @@ def _dense_forward(
         if wa is not None:
             dense_k.mul_(wa)
 
-    with_r = gamma != 0.0 and need_grad and not detach_modulator
+    # Schedule and Poly-1: the target distribution q (probabilities) or log p_t (indices).
     p = None
-    if gamma != 0.0:
+    lp_t = q_dist = None
+    if extras.active:
+        if index is not None:
+            lp_t = lp.gather(1, index).squeeze(1)
+        else:
+            q_dist = target.to(compute_dtype, copy=True)
+            if eps != 0.0:
+                q_dist.mul_(1.0 - eps).add_(eps / num_classes)
+    focal_gamma: float | Tensor = gamma
+    if extras.scheduled:  # gamma per position from the detached P = sum_c q_c p_c
+        if lp_t is not None:
+            big_p = lp_t.exp().mul_(1.0 - eps).add_(eps / num_classes)
+        else:
+            p = lp.exp()
+            big_p = torch.mul(q_dist, p).sum(1)
+        focal_gamma = scheduled_gamma(big_p, extras.thresholds, extras.values)
+    scheduled = isinstance(focal_gamma, Tensor)
+    class_gamma = focal_gamma.unsqueeze(1) if scheduled else focal_gamma
+
+    focal = scheduled or gamma != 0.0
+    with_r = focal and need_grad and not detach_modulator
+    if focal:
         km = torch.expm1(lp)  # p - 1, exact near p = 1
         if with_r:  # 1 - gamma * r, with -r = p * lp / (p - 1), 0 where it is 0/0 (see above)
-            p = lp.exp()  # kept for the gradient
-            c = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(gamma).add_(1.0)
+            p = lp.exp() if p is None else p  # kept for the gradient
+            c = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(class_gamma).add_(1.0)
         km.neg_()
-        if gamma != 1.0:
-            km.pow_(gamma)
+        if scheduled or gamma != 1.0:
+            km.pow_(class_gamma)
         km.mul_(dense_k)  # k * m
     else:
         km = dense_k  # m = 1
@@ -239,14 +356,44 @@ def _dense_forward(
             loss = loss.expand(lp.shape[:1] + lp.shape[2:]).clone()
 
     hard_ng = None
+    q_t = None
     if index is not None and eps != 1.0:
-        lp_t = lp.gather(1, index).squeeze(1)
+        if lp_t is None:
+            lp_t = lp.gather(1, index).squeeze(1)
         hard_k = (1.0 - eps) * (
             class_coef[target] if class_coef is not None else torch.ones_like(lp_t)
         )
-        nl, hard_s, _ = hard_target_terms(lp_t, gamma, detach_modulator)
+        nl, hard_s, q_t = hard_target_terms(lp_t, focal_gamma, detach_modulator)
         loss.sub_(nl.mul_(hard_k))
         hard_ng = hard_k if hard_s is None else hard_s.mul_(hard_k)
+
+    if extras.poly1 != 0.0:
+        # U = sum_c q_c (1 - p_c); W = w_t (indices) or sum_c w_c target_c (probabilities).
+        poly_w = extras.poly_weight
+        if index is not None:
+            q_t = torch.expm1(lp_t) if q_t is None else q_t
+            big_u = q_t.neg().mul_(1.0 - eps).add_(eps * (num_classes - 1) / num_classes)
+            weight_t = None if poly_w is None else poly_w[target]
+        else:
+            big_u = torch.expm1(lp).neg_().mul_(q_dist).sum(1)
+            weight_t = None
+            if poly_w is not None:
+                weight_t = (target.to(compute_dtype) * class_view(poly_w, ndim)).sum(1)
+        mp = poly_power(big_u, focal_gamma)
+        term = torch.mul(big_u, mp)  # U ** (gamma + 1)
+        if weight_t is not None:
+            term.mul_(weight_t)
+        loss.add_(term, alpha=extras.poly1)
+        if need_grad:
+            factor = poly_factor(extras.poly1, mp, weight_t, focal_gamma, detach_modulator)
+            if index is not None:
+                if eps != 1.0:  # A (1 - eps) p_t (p - onehot): a share of the target's scalar
+                    share = factor.mul_(lp_t.exp()).mul_(1.0 - eps)
+                    hard_ng = hard_ng.add_(share)  # type: ignore[union-attr]
+            else:  # dU/dz_j = p_j (P - q_j): ng_j gains A q_j p_j, its sum A P
+                p = lp.exp() if p is None else p
+                ng = ng.add_(q_dist.mul_(p).mul_(factor.unsqueeze(1)))  # type: ignore[union-attr]
+
     unfinished = None
     if ignored is not None:
         unfinished = nonfinite_ignored(loss, ignored) if need_grad else None
@@ -292,6 +439,7 @@ def _hard_forward(
     detach_modulator: bool,
     need_grad: bool,
     compute_dtype: torch.dtype,
+    extras: Extras = NO_EXTRAS,
 ) -> tuple[Tensor, Tensor | None]:
     """Hard (index) targets without smoothing: all focal factors are per-position scalars."""
     index = target.unsqueeze(1)
@@ -300,9 +448,24 @@ def _hard_forward(
     unfinished = None
     if ignored is not None and need_grad:
         unfinished = nonfinite_ignored(lp_t, ignored)
-    nl, s, q = hard_target_terms(lp_t, gamma, detach_modulator)
+    focal_gamma: float | Tensor = gamma
+    if extras.scheduled:
+        focal_gamma = scheduled_gamma(lp_t.exp(), extras.thresholds, extras.values)
+    nl, s, q = hard_target_terms(lp_t, focal_gamma, detach_modulator)
     coef = class_coef[target] if class_coef is not None else None
     loss = nl.neg_() if coef is None else nl.mul_(coef).neg_()
+    poly_s = None
+    if extras.poly1 != 0.0:  # + e * w_t * (1 - p_t) ** (gamma + 1)
+        big_u = q.neg()
+        mp = poly_power(big_u, focal_gamma)
+        weight_t = None if extras.poly_weight is None else extras.poly_weight[target]
+        term = big_u.mul_(mp)
+        if weight_t is not None:
+            term.mul_(weight_t)
+        loss.add_(term, alpha=extras.poly1)
+        if need_grad:  # A * p_t * (p - onehot(t))
+            factor = poly_factor(extras.poly1, mp, weight_t, focal_gamma, detach_modulator)
+            poly_s = factor.mul_(lp_t.exp())
     if ignored is not None:
         loss.masked_fill_(ignored, 0.0)
     if not need_grad:
@@ -314,6 +477,8 @@ def _hard_forward(
         s = torch.ones_like(lp_t) if coef is None else coef
     elif coef is not None:
         s.mul_(coef)
+    if poly_s is not None:
+        s = s + poly_s
     if grad_scale is not None:
         s = s * grad_scale
     if ignored is not None:
@@ -340,15 +505,37 @@ def composite(spec: SoftmaxFocalSpec, input: Tensor) -> Tensor:
     q = target.to(dtype) if target.is_floating_point() else one_hot(target, num_classes, dtype)
     if label_smoothing != 0.0:
         q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+    q_dist = q
     if class_coef is not None:
         q = q * class_view(class_coef.to(dtype), lp.dim())
+    one_minus_p = -torch.expm1(lp)
     # A class without target mass contributes 0, also where it is masked with a -inf logit
     # (0 * -inf would be NaN): log p is replaced there before the product, so that no NaN
     # reaches the backward pass either.
     lp_used = torch.where(q != 0, lp, 0.0)
-    m = focal_modulator(-torch.expm1(lp), gamma, spec.detach_modulator)
+    focal_gamma: float | Tensor = gamma
+    if spec.scheduled:  # a constant of each position, from the detached P = sum_c q_c p_c
+        big_p = (q_dist * lp.exp()).sum(1).detach()
+        focal_gamma = scheduled_gamma(big_p, spec.gamma_thresholds, spec.gamma_values)
+        m = scheduled_modulator(one_minus_p, focal_gamma.unsqueeze(1), spec.detach_modulator)
+    else:
+        m = focal_modulator(one_minus_p, gamma, spec.detach_modulator)
     terms = q * lp_used if m is None else q * m * lp_used
     loss = -terms.sum(1)
+    if spec.poly1_epsilon != 0.0:
+        big_u = (q_dist * one_minus_p).sum(1)
+        if spec.detach_modulator:
+            mp = big_u.pow(focal_gamma).detach()
+            term = mp * big_u
+        else:
+            term = big_u.pow(focal_gamma + 1.0)
+        if spec.poly_weight is not None:
+            w = spec.poly_weight.to(dtype)
+            if target.is_floating_point():
+                term = term * (target.to(dtype) * class_view(w, lp.dim())).sum(1)
+            else:
+                term = term * w[target]
+        loss = loss + spec.poly1_epsilon * term
     if ignored is not None:
         loss = torch.where(ignored, 0.0, loss)
     return reduce_composite(loss, spec)

@@ -27,6 +27,10 @@ def _softmax_forward(spec: SoftmaxFocalSpec, need_grad: bool) -> tuple[Tensor, T
         spec.detach_modulator,
         spec.reduction == "none",
         need_grad,
+        spec.poly_weight,
+        spec.poly1_epsilon,
+        list(spec.gamma_thresholds),
+        list(spec.gamma_values),
     )
 
 
@@ -51,6 +55,9 @@ def _sigmoid_forward(spec: SigmoidFocalSpec, need_grad: bool) -> tuple[Tensor, T
         spec.detach_modulator,
         spec.reduction == "none",
         need_grad,
+        spec.poly1_epsilon,
+        list(spec.gamma_thresholds),
+        list(spec.gamma_values),
     )
 
 

@@ -26,6 +26,18 @@ sigmoid, per element with ``t`` in [0, 1] (for class indices ``t = [c == target]
 
 with ``rho = p (1 - p) / u`` in [0, 1] (0 where u = 0).
 
+Poly-1 (``POLY``, coefficient ``e`` in the parameters): softmax adds per position
+``e * w_t * U ** (gamma + 1)`` with ``U = (1 - eps) (1 - p_t) + eps (C - 1) / C``, whose
+gradient is one more share of the target's scalar, ``A (1 - eps) p_t (p - onehot)``,
+``A = e * w_t * (gamma + 1) * U ** gamma``; sigmoid adds per element ``e * w * u ** (gamma + 1)``
+with gradient ``A * p (1 - p) (1 - 2t)``. ``w`` is ``weight`` (never ``alpha``); without
+``gamma + 1`` when the modulator is detached.
+
+A gamma schedule (``SCHEDULE_K`` thresholds ``> 0``, in the parameters after ``e``: the
+thresholds, then the ``SCHEDULE_K + 1`` values) makes ``gamma`` a per-position (softmax, from
+``P = (1 - eps) p_t + eps / C``) or per-element (sigmoid, from ``p_t``) value; ``SCHEDULE_K = 0``
+and ``POLY = False`` compile to the kernels without them.
+
 Numerical choices, shared by all kernels: logits are upcast to the accumulation dtype
 (float32 for float16/bfloat16/float32, float64 for float64); the softmax uses an online
 max/sum over class chunks (any C), with -inf maxima guarded so masked lanes never produce NaN;
@@ -68,6 +80,27 @@ def _modulator(one_minus_p, gamma, GAMMA_ZERO: tl.constexpr):
 
 
 @triton.jit
+def _focal_power(one_minus_p, gamma, GAMMA_ZERO: tl.constexpr, SCHEDULED: tl.constexpr):
+    """(1 - p) ** gamma for a number gamma (``_modulator``) or a tensor of a schedule (which
+    may hold 0: ``0 ** 0 = 1`` there, not ``exp(0 * -inf)``)."""
+    if SCHEDULED:
+        return tl.where(gamma == 0.0, 1.0, tl.exp(gamma * tl.log(one_minus_p)))
+    return _modulator(one_minus_p, gamma, GAMMA_ZERO)
+
+
+@triton.jit
+def _scheduled_gamma(params_ptr, p_t, SCHEDULE_K: tl.constexpr, ACC: tl.constexpr):
+    """values[k] with k the number of thresholds <= p_t; the thresholds start at params[3],
+    the values follow them."""
+    gamma = tl.zeros(p_t.shape, ACC) + tl.load(params_ptr + 3 + SCHEDULE_K).to(ACC)
+    for k in tl.static_range(SCHEDULE_K):
+        bound = tl.load(params_ptr + 3 + k).to(ACC)
+        value = tl.load(params_ptr + 4 + SCHEDULE_K + k).to(ACC)
+        gamma = tl.where(p_t >= bound, value, gamma)
+    return gamma
+
+
+@triton.jit
 def _softmax_focal_fwd_kernel(
     x_ptr,
     t_ptr,
@@ -88,7 +121,8 @@ def _softmax_focal_fwd_kernel(
     stride_gn,
     stride_gc,
     stride_gs,
-    params_ptr,  # [gamma, label_smoothing] in the accumulation dtype (scalars would be fp32)
+    params_ptr,  # [gamma, label_smoothing, poly1, thresholds..., values...] (accumulation dtype)
+    poly_w_ptr,  # (C,) weight of the Poly-1 term (read when HAS_POLY_W)
     HAS_COEF: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     HAS_SCALE: tl.constexpr,
@@ -100,6 +134,9 @@ def _softmax_focal_fwd_kernel(
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    POLY: tl.constexpr = False,
+    HAS_POLY_W: tl.constexpr = False,
+    SCHEDULE_K: tl.constexpr = 0,
 ):
     # One program per (n, block of positions), on a 1-D grid (no 65535 cap on any axis).
     pid = tl.program_id(0).to(tl.int64)
@@ -139,7 +176,16 @@ def _softmax_focal_fwd_kernel(
     x_t = tl.load(x_row + t * stride_xc, mask=in_s, other=0.0).to(ACC)
     lp_t = x_t - lse
     q_t = _expm1(lp_t)
-    m_t = _modulator(-q_t, gamma, GAMMA_ZERO)
+    SCHEDULED: tl.constexpr = SCHEDULE_K > 0
+    if SCHEDULED:  # gamma per position, from the detached P = (1 - eps) p_t + eps / C
+        p_sel = tl.exp(lp_t)
+        if SMOOTH:
+            p_sel = p_sel * (1.0 - eps) + eps / C
+        gamma = _scheduled_gamma(params_ptr, p_sel, SCHEDULE_K, ACC)
+        gamma_c = gamma[None, :]  # lined up with (class, position) tiles
+    else:
+        gamma_c = gamma
+    m_t = _focal_power(-q_t, gamma, GAMMA_ZERO, SCHEDULED)
     if HAS_COEF:
         coef_t = tl.load(coef_ptr + t, mask=in_s, other=0.0).to(ACC)
     else:
@@ -153,6 +199,25 @@ def _softmax_focal_fwd_kernel(
         p_t = tl.exp(lp_t)
         u_t = tl.where((q_t == 0.0) | (p_t == 0.0), 0.0, p_t * lp_t / q_t)
         hard_s = hard_k * m_t * (1.0 + gamma * u_t)
+    if POLY:  # + e * w_t * U ** (gamma + 1); gradient A (1 - eps) p_t (p - onehot)
+        poly = tl.load(params_ptr + 2).to(ACC)
+        if SMOOTH:
+            big_u = (1.0 - eps) * -q_t + eps * (C - 1) / C
+            mp = _focal_power(big_u, gamma, GAMMA_ZERO, SCHEDULED)
+        else:
+            big_u = -q_t
+            mp = m_t
+        if HAS_POLY_W:
+            mp = mp * tl.load(poly_w_ptr + t, mask=in_s, other=0.0).to(ACC)
+        loss += poly * mp * big_u
+        if NEED_GRAD:
+            factor = poly * mp
+            if not DETACH:
+                factor = factor * (gamma + 1.0)
+            share = factor * tl.exp(lp_t)
+            if SMOOTH:
+                share = share * (1.0 - eps)
+            hard_s += share
 
     # Pass 2 (smoothing only): the dense part k_c = eps / C * coef_c over every class.
     total = tl.zeros([BLOCK_S], ACC)  # sum_c ng_c of the dense part
@@ -167,7 +232,7 @@ def _softmax_focal_fwd_kernel(
             k = eps / C
             if HAS_COEF:
                 k = k * tl.load(coef_ptr + offs_c, mask=in_c, other=0.0).to(ACC)[:, None]
-            km = tl.where(mask, k * _modulator(-q, gamma, GAMMA_ZERO), 0.0)
+            km = tl.where(mask, k * _focal_power(-q, gamma_c, GAMMA_ZERO, SCHEDULED), 0.0)
             loss -= tl.sum(km * lp, axis=0)
             if NEED_GRAD:
                 if DETACH or GAMMA_ZERO:
@@ -175,7 +240,7 @@ def _softmax_focal_fwd_kernel(
                 else:
                     p = tl.exp(lp)
                     u = tl.where((q == 0.0) | (p == 0.0), 0.0, p * lp / q)
-                    ng = km * (1.0 + gamma * u)
+                    ng = km * (1.0 + gamma_c * u)
                 total += tl.sum(ng, axis=0)
 
     loss = tl.where(valid, loss, 0.0)
@@ -203,12 +268,12 @@ def _softmax_focal_fwd_kernel(
                 k = eps / C
                 if HAS_COEF:
                     k = k * tl.load(coef_ptr + offs_c, mask=in_c, other=0.0).to(ACC)[:, None]
-                km = k * _modulator(-q, gamma, GAMMA_ZERO)
+                km = k * _focal_power(-q, gamma_c, GAMMA_ZERO, SCHEDULED)
                 if DETACH or GAMMA_ZERO:
                     ng = km
                 else:
                     u = tl.where((q == 0.0) | (p == 0.0), 0.0, p * lp / q)
-                    ng = km * (1.0 + gamma * u)
+                    ng = km * (1.0 + gamma_c * u)
                 g = p * total[None, :] - ng
                 g += tl.where(is_t, q_t[None, :], p) * hard_s[None, :]
             else:
@@ -253,7 +318,7 @@ def _sigmoid_focal_fwd_kernel(
     ignored_ptr,  # the ignored mask, framed like an index target (read when HAS_IGNORE)
     stride_mn,
     stride_ms,
-    params_ptr,  # [gamma, alpha] in the accumulation dtype
+    params_ptr,  # [gamma, alpha, poly1, thresholds..., values...] in the accumulation dtype
     INDEX: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_PW: tl.constexpr,
@@ -267,6 +332,8 @@ def _sigmoid_focal_fwd_kernel(
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    POLY: tl.constexpr = False,
+    SCHEDULE_K: tl.constexpr = 0,
 ):
     pid = tl.program_id(0).to(tl.int64)
     tiles = (S + BLOCK_S - 1) // BLOCK_S
@@ -326,19 +393,33 @@ def _sigmoid_focal_fwd_kernel(
         else:
             ce = pw_t * sp_pos + (1.0 - t) * sp_neg
         u = (1.0 - t) * p + t * q
-        wm = _modulator(u, gamma, GAMMA_ZERO)
+        if SCHEDULE_K > 0:  # gamma per element, from the detached p_t
+            gamma_e = _scheduled_gamma(params_ptr, (1.0 - t) * q + t * p, SCHEDULE_K, ACC)
+            m = _focal_power(u, gamma_e, GAMMA_ZERO, True)
+        else:
+            gamma_e = gamma
+            m = _modulator(u, gamma, GAMMA_ZERO)
+        wm = m
         if ALPHA_MODE == 1:
             wm = wm * (alpha * t + (1.0 - alpha) * (1.0 - t))
         if ALPHA_MODE == 2:
             a = tl.load(alpha_ptr + offs_c, mask=in_c, other=0.0).to(ACC)[:, None]
             wm = wm * (a * t + (1.0 - a) * (1.0 - t))
         if HAS_W:
-            wm = wm * tl.load(
+            w = tl.load(
                 w_ptr + n * stride_wn + offs_c[:, None] * stride_wc + offs_s[None, :] * stride_ws,
                 mask=mask,
                 other=0.0,
             ).to(ACC)
-        loss = tl.where(mask & valid[None, :], wm * ce, 0.0)
+            wm = wm * w
+        if POLY:  # + e * w * u ** (gamma + 1): the weight, not alpha
+            poly = tl.load(params_ptr + 2).to(ACC)
+            pm = poly * m
+            if HAS_W:
+                pm = pm * w
+            loss = tl.where(mask & valid[None, :], wm * ce + pm * u, 0.0)
+        else:
+            loss = tl.where(mask & valid[None, :], wm * ce, 0.0)
         if PER_ELEMENT:
             ptrs = (
                 loss_ptr + n * stride_ln + offs_c[:, None] * stride_lc + offs_s[None, :] * stride_ls
@@ -350,8 +431,14 @@ def _sigmoid_focal_fwd_kernel(
             dce = (1.0 - t) * p - pw_t * q
             if not (DETACH or GAMMA_ZERO):
                 rho = tl.where(u > 0.0, p * q / tl.where(u > 0.0, u, 1.0), 0.0)
-                dce += gamma * rho * (1.0 - 2.0 * t) * ce
-            g = tl.where(valid[None, :], wm * dce * scale[None, :], 0.0)  # NaN-safe, as above
+                dce += gamma_e * rho * (1.0 - 2.0 * t) * ce
+            g = wm * dce
+            if POLY:  # A p (1 - p) (1 - 2t), A = e w (gamma + 1) u ** gamma
+                if DETACH:
+                    g += pm * p * q * (1.0 - 2.0 * t)
+                else:
+                    g += pm * (gamma_e + 1.0) * p * q * (1.0 - 2.0 * t)
+            g = tl.where(valid[None, :], g * scale[None, :], 0.0)  # NaN-safe, as above
             ptrs = (
                 grad_ptr + n * stride_gn + offs_c[:, None] * stride_gc + offs_s[None, :] * stride_gs
             )

@@ -9,7 +9,9 @@ CPU tensors under ``TRITON_INTERPRET=1`` (Triton's interpreter, used by the test
 
 Nothing here reads a tensor on the host or builds one from Python data: ``gamma`` and the
 other floats reach the kernels through a small device tensor written by fills (a Python float
-argument would be rounded to float32, which float64 inputs must not see).
+argument would be rounded to float32, which float64 inputs must not see): ``[gamma, second,
+poly1_epsilon, thresholds..., values...]``, the last two the pieces of a gamma schedule (empty
+for a number gamma), whose count is a compile-time constant of the kernel.
 
 ``scale_grad_`` multiplies a gradient in place by ``grad_output``.
 """
@@ -48,6 +50,11 @@ def _mask_frame(ignored: Tensor | None, x: Tensor) -> tuple[Tensor, int, int]:
     return mask, m_n, m_s
 
 
+def _schedule(thresholds: list[float], values: list[float]) -> tuple[float, ...]:
+    """The parameters of a schedule: thresholds then values (none for a number gamma)."""
+    return (*thresholds, *values) if len(thresholds) > 0 else ()
+
+
 @torch.library.custom_op("focalloss::softmax_focal_fwd", mutates_args=())
 def softmax_focal_fwd(
     input: Tensor,
@@ -60,8 +67,13 @@ def softmax_focal_fwd(
     detach_modulator: bool,
     per_position: bool,
     need_grad: bool,
+    poly_weight: Tensor | None = None,
+    poly1: float = 0.0,
+    thresholds: list[float] | None = None,
+    values: list[float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Softmax focal loss with class-index targets (see the kernel for the math)."""
+    thresholds, values = thresholds or [], values or []
     x, (n, c, s), x_strides = framed(input, class_dim=True)
     t, _, (t_n, _, t_s) = framed(target, class_dim=False)
     mask, m_n, m_s = _mask_frame(ignored, x)
@@ -93,11 +105,12 @@ def softmax_focal_fwd(
         m_n,
         m_s,
         *g_strides,
-        _params(input, gamma, label_smoothing),
+        _params(input, gamma, label_smoothing, poly1, *_schedule(thresholds, values)),
+        poly_weight if poly_weight is not None else x,
         HAS_COEF=coef is not None,
         HAS_IGNORE=ignored is not None,
         HAS_SCALE=scale is not None,
-        GAMMA_ZERO=gamma == 0.0,
+        GAMMA_ZERO=len(thresholds) == 0 and gamma == 0.0,
         DETACH=detach_modulator,
         SMOOTH=label_smoothing != 0.0,
         NEED_GRAD=need_grad,
@@ -105,13 +118,17 @@ def softmax_focal_fwd(
         ACC=_acc(input.dtype),
         BLOCK_C=block_c,
         BLOCK_S=block_s,
+        POLY=poly1 != 0.0,
+        HAS_POLY_W=poly1 != 0.0 and poly_weight is not None,
+        SCHEDULE_K=len(thresholds),
     )
     return (loss if per_position else loss.sum()), grad
 
 
 @softmax_focal_fwd.register_fake
 def _(input, target, ignored, coef, scale, gamma, label_smoothing, detach_modulator,
-      per_position, need_grad):  # fmt: skip
+      per_position, need_grad, poly_weight=None, poly1=0.0, thresholds=None,
+      values=None):  # fmt: skip
     loss = input.new_empty(target.shape if per_position else (), dtype=_acc_dtype(input))
     return loss, grad_buffer(input) if need_grad else input.new_empty(0)
 
@@ -131,8 +148,12 @@ def sigmoid_focal_fwd(
     detach_modulator: bool,
     per_element: bool,
     need_grad: bool,
+    poly1: float = 0.0,
+    thresholds: list[float] | None = None,
+    values: list[float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sigmoid focal loss, float labels or class indices (see the kernel for the math)."""
+    thresholds, values = thresholds or [], values or []
     index = not target.is_floating_point()
     x, (n, c, s), x_strides = framed(input, class_dim=True)
     t, _, t_frame = framed(target, class_dim=not index)
@@ -181,27 +202,30 @@ def sigmoid_focal_fwd(
         mask,
         m_n,
         m_s,
-        _params(input, gamma, alpha),
+        _params(input, gamma, alpha, poly1, *_schedule(thresholds, values)),
         INDEX=index,
         HAS_W=weight is not None,
         HAS_PW=pos_weight is not None,
         ALPHA_MODE=alpha_mode,
         HAS_IGNORE=ignored is not None,
         HAS_SCALE=scale is not None,
-        GAMMA_ZERO=gamma == 0.0,
+        GAMMA_ZERO=len(thresholds) == 0 and gamma == 0.0,
         DETACH=detach_modulator,
         NEED_GRAD=need_grad,
         PER_ELEMENT=per_element,
         ACC=_acc(input.dtype),
         BLOCK_C=block_c,
         BLOCK_S=block_s,
+        POLY=poly1 != 0.0,
+        SCHEDULE_K=len(thresholds),
     )
     return (loss if per_element else loss.sum()), grad
 
 
 @sigmoid_focal_fwd.register_fake
 def _(input, target, ignored, weight, pos_weight, alpha_vector, scale, gamma, alpha, alpha_mode,
-      detach_modulator, per_element, need_grad):  # fmt: skip
+      detach_modulator, per_element, need_grad, poly1=0.0, thresholds=None,
+      values=None):  # fmt: skip
     acc_dtype = _acc_dtype(input)
     loss = (
         grad_buffer(input, dtype=acc_dtype) if per_element else input.new_empty((), dtype=acc_dtype)
