@@ -269,7 +269,7 @@ class TinyRetinaNet(nn.Module):
         (torch.Size([2, 1024, 3]), torch.Size([2, 1024, 4]))
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, width: int = 24) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES, width: int = 16) -> None:
         super().__init__()
         self.num_classes, self.num_anchors = num_classes, len(ANCHOR_SIZES)
         half = max(1, width // 2)
@@ -423,10 +423,10 @@ class DetectionConfig:
 
     seeds: int = 3
     seed: int = 0
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 16
     image_size: int = 128
-    width: int = 24
+    width: int = 16
     train_images: int = 1024
     val_images: int = 128
     lr: float = 1e-3

@@ -30,9 +30,9 @@ def _colour_mask(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _layout(fig) -> None:
+def _layout(fig, bottom: float = 0.05, top: float = 0.9) -> None:
     """Fixed margins (``tight_layout`` costs seconds on a figure of twenty panels)."""
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.05, top=0.9, wspace=0.55, hspace=0.4)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=bottom, top=top, wspace=0.55, hspace=0.4)
 
 
 def paired_seeds(ax, metrics: dict, key: str, title: str) -> None:
@@ -266,7 +266,7 @@ def calibration_figure(metrics: dict, path: Path) -> None:
         f"focalloss demo calibration: reliability on the test splits of "
         f"{len(metrics['seeds'])} seeds pooled ({bins} bins); right: paired differences"
     )
-    _layout(fig)
+    _layout(fig, bottom=0.1, top=0.85)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
