@@ -447,3 +447,73 @@ def test_no_backend_argument_and_no_kernel():
 
     assert "backend" not in inspect.signature(focal_tversky_loss).parameters
     assert "focal_tversky" not in _triton._FAMILIES
+
+
+SYNCING = {  # operators that read a value on the host, or bring host data to the device
+    "aten._local_scalar_dense.default",
+    "aten.is_nonzero.default",
+    "aten.nonzero.default",
+    "aten.masked_select.default",
+    "aten.lift_fresh.default",
+    "aten.lift_fresh_copy.default",
+}
+
+
+@pytest.mark.parametrize(
+    ("fn", "kwargs", "index"),
+    [
+        ("tversky", dict(ignore_index=255), True),
+        ("tversky", dict(activation="sigmoid", per_image=True, weight=[1.0, 2.0, 3.0]), True),
+        ("tversky", dict(reduction="sum"), False),
+        ("tversky", dict(reduction="none", per_image=True), False),
+        ("asymmetric", dict(ignore_index=-1, gamma_pos=1.0), True),
+        ("asymmetric", dict(clip=0.0, reduction="none"), False),
+        ("star", dict(ignore_index=-1, alpha=[0.2, 0.3, 0.5]), True),
+        ("star", dict(normalizer=3.0), False),
+    ],
+)
+def test_training_call_reads_nothing_on_the_host(fn, kwargs, index):
+    """Meta tensors (a GPU stand-in without data) under a dispatch probe, value checks off:
+    no operator that synchronises with the host in forward or backward (after a first call,
+    which may build cached per-class vectors from Python numbers)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import focalloss
+    from focalloss import asymmetric_loss, sigmoid_focal_loss_star
+
+    class Probe(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.bad = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func) in SYNCING:
+                self.bad.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    loss_fn = {
+        "tversky": focal_tversky_loss,
+        "asymmetric": asymmetric_loss,
+        "star": sigmoid_focal_loss_star,
+    }[fn]
+    x = torch.empty(4, 3, 5, device="meta")
+    if index:
+        target = torch.empty(4, 5, device="meta", dtype=torch.long)
+    else:
+        target = torch.empty(4, 3, 5, device="meta")
+
+    def step():
+        leaf = x.detach().requires_grad_()
+        loss = loss_fn(leaf, target, **kwargs)
+        loss.backward(torch.ones_like(loss))
+        return leaf.grad
+
+    previous = focalloss.set_value_checks(False)
+    try:
+        step()
+        with Probe() as probe:
+            grad = step()
+    finally:
+        focalloss.set_value_checks(previous)
+    assert probe.bad == []
+    assert grad.shape == x.shape
