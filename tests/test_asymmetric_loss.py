@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from focalloss import AsymmetricLoss, asymmetric_loss
+from focalloss import AsymmetricLoss, asymmetric_loss, sigmoid_focal_loss_star
 
 
 def _grad(loss, x, go=None):
@@ -458,3 +460,63 @@ def test_func_grad_and_vmap_use_the_composite():
         torch.func.grad(lambda z, tt: asymmetric_loss(z[None], tt[None], reduction="sum"))
     )(x.detach(), t)
     torch.testing.assert_close(per_row, _grad(asymmetric_loss(x, t, reduction="sum"), x))
+
+
+# Properties (Hypothesis, derandomised): the library against itself under transformations the
+# math says are neutral, for both elementwise losses of this family.
+
+PROPERTY_SETTINGS = settings(derandomize=True, max_examples=25, deadline=None)
+
+
+@st.composite
+def elementwise_cases(draw):
+    n, c, s = draw(st.integers(2, 5)), draw(st.integers(1, 5)), draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    x = 4 * torch.randn(n, c, s, generator=g, dtype=torch.float64)
+    t = torch.randint(-1, c + 1, (n, s), generator=g) if c > 1 else torch.randint(-1, 2, (n, s))
+    weight = torch.rand(c, 1, generator=g, dtype=torch.float64) + 0.1
+    if draw(st.booleans()):
+        options = dict(gamma_pos=draw(st.sampled_from([0.0, 0.5, 1.0])),
+                       gamma_neg=draw(st.sampled_from([0.0, 0.5, 4.0])),
+                       clip=draw(st.sampled_from([0.0, 0.05, 0.3])))  # fmt: skip
+        return asymmetric_loss, x, t, weight, options
+    options = dict(gamma=draw(st.sampled_from([0.5, 2.0])), beta=draw(st.floats(-2, 2)),
+                   alpha=draw(st.sampled_from([None, 0.25])))  # fmt: skip
+    return sigmoid_focal_loss_star, x, t, weight, options
+
+
+def _loss_grad(fn, x, t, **kw):
+    leaf = x.clone().requires_grad_()
+    loss = fn(leaf, t, ignore_index=-1, **kw)
+    (g,) = torch.autograd.grad(loss, leaf, torch.ones_like(loss))
+    return loss.detach(), g
+
+
+@PROPERTY_SETTINGS
+@given(elementwise_cases())
+def test_property_batch_split_mean_and_class_permutation(case):
+    fn, x, t, weight, options = case
+    kw = dict(weight=weight, **options)
+    total, grad = _loss_grad(fn, x, t, reduction="sum", **kw)
+    k = x.shape[0] // 2
+    parts = (
+        _loss_grad(fn, x[:k], t[:k], reduction="sum", **kw)[0]
+        + _loss_grad(fn, x[k:], t[k:], reduction="sum", **kw)[0]
+    )
+    torch.testing.assert_close(parts, total, rtol=1e-12, atol=1e-12)
+    kept = int((t != -1).sum()) * x.shape[1]
+    mean, _ = _loss_grad(fn, x, t, reduction="mean", **kw)
+    torch.testing.assert_close(mean, total / kept if kept else total * 0, rtol=1e-12, atol=1e-14)
+    c = x.shape[1]
+    if c == 1:
+        return
+    perm = torch.randperm(c, generator=torch.Generator().manual_seed(0))
+    inverse = torch.argsort(perm)
+    lookup = torch.cat([inverse, torch.tensor([c])])
+    t_perm = torch.where(t == -1, t, lookup[t.clamp(min=0)])
+    permuted, permuted_grad = _loss_grad(
+        fn, x[:, perm], t_perm, reduction="sum", **{**kw, "weight": weight[perm]}
+    )
+    torch.testing.assert_close(permuted, total, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(permuted_grad, grad[:, perm], rtol=1e-12, atol=1e-14)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from focalloss import FocalTverskyLoss, focal_tversky_loss
 
@@ -517,3 +519,45 @@ def test_training_call_reads_nothing_on_the_host(fn, kwargs, index):
         focalloss.set_value_checks(previous)
     assert probe.bad == []
     assert grad.shape == x.shape
+
+
+@settings(derandomize=True, max_examples=25, deadline=None)
+@given(
+    st.integers(2, 4),
+    st.integers(2, 5),
+    st.integers(1, 6),
+    st.integers(0, 2**16),
+    st.sampled_from(["softmax", "sigmoid"]),
+    st.floats(0, 1),
+    st.sampled_from([0.5, 0.75, 2.0]),
+)
+def test_property_permutations_and_weight_scaling(n, c, s, seed, activation, alpha, gamma):
+    """Permuting the images (batch counts) or the classes with their weights and targets
+    changes nothing but the order of the gradient; scaling every weight by k scales the loss."""
+    g = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(n, c, s, generator=g, dtype=torch.float64)
+    hi = c if activation == "softmax" else c + 1
+    t = torch.randint(0, hi, (n, s), generator=g)
+    t[torch.rand(n, s, generator=g) < 0.2] = 255
+    weight = torch.rand(c, generator=g, dtype=torch.float64) + 0.1
+    kw = dict(activation=activation, alpha=alpha, beta=1 - alpha, gamma=gamma, ignore_index=255)
+
+    def run(x, t, weight, **extra):
+        leaf = x.clone().requires_grad_()
+        loss = focal_tversky_loss(leaf, t, weight=weight, **kw, **extra)
+        return loss.detach(), _grad(loss, leaf)
+
+    loss, grad = run(x, t, weight)
+    perm = torch.randperm(n, generator=g)
+    permuted, permuted_grad = run(x[perm], t[perm], weight)
+    torch.testing.assert_close(permuted, loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(permuted_grad, grad[perm], rtol=1e-10, atol=1e-15)
+    classes = torch.randperm(c, generator=g)
+    lookup = torch.cat([torch.argsort(classes), torch.tensor([c])])
+    t_perm = torch.where(t == 255, t, lookup[t.clamp(max=c)])
+    permuted, permuted_grad = run(x[:, classes], t_perm, weight[classes])
+    torch.testing.assert_close(permuted, loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(permuted_grad, grad[:, classes], rtol=1e-10, atol=1e-15)
+    scaled, _ = run(x, t, 2.5 * weight, reduction="sum")
+    plain, _ = run(x, t, weight, reduction="sum")
+    torch.testing.assert_close(scaled, 2.5 * plain, rtol=1e-12, atol=1e-14)
