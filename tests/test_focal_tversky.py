@@ -561,3 +561,41 @@ def test_property_permutations_and_weight_scaling(n, c, s, seed, activation, alp
     scaled, _ = run(x, t, 2.5 * weight, reduction="sum")
     plain, _ = run(x, t, weight, reduction="sum")
     torch.testing.assert_close(scaled, 2.5 * plain, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("which", ["tversky", "tversky-sigmoid-none", "asymmetric", "star"])
+def test_compiled_dynamic_shapes_without_recompiles(which):
+    """One graph for several batch and spatial sizes (dynamic=True); every call after the first
+    under the fail_on_recompile stance; values and gradients equal eager mode."""
+    import contextlib
+
+    from torch._dynamo.utils import counters
+
+    from focalloss import AsymmetricLoss, SigmoidFocalLossStar
+
+    module = {
+        "tversky": FocalTverskyLoss(ignore_index=255, per_image=True),
+        "tversky-sigmoid-none": FocalTverskyLoss(activation="sigmoid", reduction="none"),
+        "asymmetric": AsymmetricLoss(ignore_index=255, gamma_pos=1.0),
+        "star": SigmoidFocalLossStar(ignore_index=255, beta=0.5),
+    }[which]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(module, fullgraph=True, dynamic=True)
+    for i, (n, h, w) in enumerate([(2, 5, 6), (3, 7, 4), (4, 6, 9)]):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(n, 3, h, w, generator=g)
+        t = torch.randint(0, 3, (n, h, w), generator=g)
+        t[0, 0] = 255 if which != "tversky-sigmoid-none" else 3
+        xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+        stance = torch.compiler.set_stance("fail_on_recompile") if i else contextlib.nullcontext()
+        with stance:
+            got = compiled(xc, t)
+        expected = module(xe, t)
+        torch.testing.assert_close(got, expected)
+        go = torch.randn(got.shape, generator=g)
+        got.backward(go)
+        expected.backward(go)
+        torch.testing.assert_close(xc.grad, xe.grad)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
