@@ -255,38 +255,40 @@ def _quality_forward(spec: QualityFocalSpec, need_grad: bool) -> tuple[Tensor, T
 
 
 def _bins(spec: DistributionFocalSpec) -> tuple[Tensor, Tensor]:
-    """``(bins, weights)``, both ``(N, 2, *)``: the bins ``l, l + 1`` (int64) around each
-    target and their weights ``l + 1 - y, y - l``."""
+    """``(bins, negated weights)``, both ``(N, 2, *)``: the bins ``l, l + 1`` (int64) around
+    each target and ``-(l + 1 - y), -(y - l)``. Few operations: each one over the positions
+    is a launch (and a thread synchronisation), which a busy CPU makes expensive."""
     n = spec.input.shape[1] - 1
-    y = spec.target.unsqueeze(1)
-    left = y.floor().clamp_(0, n - 1)
-    w_r = y - left
-    weights = torch.cat([1.0 - w_r, w_r], dim=1)
-    left = left.long()
-    return torch.cat([left, left + 1], dim=1), weights
+    y = spec.target  # in [0, n] (0 at ignored positions): truncation is floor
+    left = y.long().clamp_(max=n - 1).unsqueeze(1)
+    w_r = (y.unsqueeze(1) - left).to(y.dtype)
+    pair = torch.arange(2, device=y.device).view((1, 2) + (1,) * (y.dim() - 1))
+    sign = pair.to(y.dtype)  # [0, 1] -> base [-1, 0] + [1, -1] * w_r
+    negated = torch.addcmul(sign - 1.0, 1.0 - 2.0 * sign, w_r)
+    return left + pair, negated
 
 
-def _picked_loss(ls: Tensor, bins: Tensor, weights: Tensor) -> Tensor:
+def _picked_loss(ls: Tensor, bins: Tensor, negated: Tensor) -> Tensor:
     """``-(w_l ls_l + w_r ls_{l+1})`` per position; a term with weight 0 is dropped, not
     multiplied (an unused bin may hold -inf)."""
-    picked = ls.gather(1, bins)
-    return torch.where(weights == 0, 0.0, weights * picked).sum(1).neg_()
+    terms = negated * ls.gather(1, bins)
+    return torch.where(negated == 0, 0.0, terms).sum(1)
 
 
 def _distribution_forward(
     spec: DistributionFocalSpec, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     x = spec.input.to(spec.compute_dtype)
-    bins, weights = _bins(spec)
+    bins, negated = _bins(spec)
     ls = torch.log_softmax(x, dim=1)
-    loss = _picked_loss(ls, bins, weights)
+    loss = _picked_loss(ls, bins, negated)
     if spec.weight is not None:
         loss = loss.mul_(spec.weight)
     if spec.ignored is not None:
         loss = loss.masked_fill_(spec.ignored, 0.0)
     grad = None
     if need_grad:
-        grad = ls.exp_().scatter_add_(1, bins, weights.neg_())  # softmax - the two-bin target
+        grad = ls.exp_().scatter_add_(1, bins, negated)  # softmax - the two-bin target
         factor = spec.scale  # one pass for the "mean" factor and the weights together
         if spec.weight is not None:
             w = spec.weight.unsqueeze(1)
@@ -367,8 +369,8 @@ def _quality_composite(spec: QualityFocalSpec, input: Tensor) -> Tensor:
 
 def _distribution_composite(spec: DistributionFocalSpec, input: Tensor) -> Tensor:
     x = _sanitised(spec, input)
-    bins, weights = _bins(spec)
-    loss = _picked_loss(torch.log_softmax(x, dim=1), bins, weights)
+    bins, negated = _bins(spec)
+    loss = _picked_loss(torch.log_softmax(x, dim=1), bins, negated)
     if spec.weight is not None:
         loss = spec.weight * loss
     return _finish_composite(spec, loss, per_position=True)
