@@ -229,31 +229,13 @@ def _sigmoid_float_terms(
     return loss, grad
 
 
-def _sigmoid_index_terms(
-    x: Tensor, target: Tensor, opt: SigmoidOptions, *, need_grad: bool
+def _negative_terms(
+    p: Tensor, q: Tensor, ce: Tensor, gamma: float, opt: SigmoidOptions, *, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    gamma: float | Tensor = opt.gamma
-    num_classes = x.shape[1]
-    pos_a, neg_a = _alpha_factors(opt.alpha)
-    # Negatives (t = 0) everywhere: u = p, rho = 1 - p, ce = softplus(x), dce/dx = p.
-    p, q, _, ce = _logistic(x)
-    if len(opt.thresholds) > 0:  # a negative's p_t is 1 - p
-        gamma = scheduled_gamma(q, opt.thresholds, opt.values)
-    scheduled = isinstance(gamma, Tensor)
-    focal = scheduled or gamma != 0.0
-    poly_loss = poly_grad = None
-    if opt.poly1 != 0.0:  # e * w * p ** (gamma + 1); its derivative A * p (1 - p)
-        mp = poly_power(p, gamma)
-        poly_loss = torch.mul(p, mp)
-        if opt.weight is not None:
-            poly_loss.mul_(opt.weight)
-        if need_grad:
-            factor = poly_factor(opt.poly1, mp, opt.weight, gamma, opt.detach_modulator)
-            poly_grad = factor.mul_(p).mul_(q)
-    if scheduled:
-        wm = p.pow(gamma)
-    else:
-        wm = None if gamma == 0.0 else (p.square() if gamma == 2.0 else p.pow(gamma))
+    """Loss and gradient of every element as a negative: ``w * a_neg * p ** gamma * ce``."""
+    _, neg_a = _alpha_factors(opt.alpha)
+    x_like = p
+    wm = None if gamma == 0.0 else (p.square() if gamma == 2.0 else p.pow(gamma))
     owned = wm is not None
     for factor in (neg_a if opt.alpha is not None else None, opt.weight):
         if factor is None:
@@ -264,23 +246,90 @@ def _sigmoid_index_terms(
             wm, owned = (factor if wm is None else wm * factor), wm is not None
     if wm is not None and not owned:
         # a fill, not torch.as_tensor(number, device=...): no host-to-device copy
-        wm = (wm.to(x.dtype) if isinstance(wm, Tensor) else x.new_full((), wm)).expand_as(x)
-    loss = ce if wm is None else ce * wm
-    if poly_loss is not None:
-        loss = (
-            loss.add(poly_loss, alpha=opt.poly1)
-            if wm is None
-            else loss.add_(poly_loss, alpha=opt.poly1)
+        wm = (wm.to(x_like.dtype) if isinstance(wm, Tensor) else x_like.new_full((), wm)).expand_as(
+            x_like
         )
-    grad = None
-    if need_grad:
-        grad = p.clone() if not focal or opt.detach_modulator else None
-        if grad is None:
-            grad = q.mul_(ce).mul_(gamma).add_(p)
-        if wm is not None:
-            grad.mul_(wm)
-        if poly_grad is not None:
-            grad.add_(poly_grad)
+    loss = ce if wm is None else ce * wm
+    if not need_grad:
+        return loss, None
+    grad = p.clone() if gamma == 0.0 or opt.detach_modulator else q.mul_(ce).mul_(gamma).add_(p)
+    if wm is not None:
+        grad.mul_(wm)
+    return loss, grad
+
+
+def _negative_extras(
+    p: Tensor,
+    q: Tensor,
+    sp_pos: Tensor,
+    ce: Tensor,
+    gamma: float | Tensor,
+    opt: SigmoidOptions,
+    *,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The negatives with a schedule or Poly-1, with ``m = w * p ** gamma``:
+
+    ``loss = m * (a ce + e p)``, ``grad = m * (q * (a gamma ce + e (gamma + 1) p) + a p)``
+    (``m * p * (a + e q)`` when the modulator is detached or gamma is 0). A schedule's
+    ``p ** gamma`` is ``exp(-gamma * softplus(-x))``: ``log p`` is at hand."""
+    e = opt.poly1
+    scheduled = isinstance(gamma, Tensor)
+    if scheduled:
+        m: Tensor | None = sp_pos.mul_(gamma).neg_().exp_()
+    elif gamma == 0.0:
+        m = None
+    else:
+        m = p.square() if gamma == 2.0 else p.pow(gamma)
+    if opt.weight is not None:
+        m = opt.weight if m is None else m.mul_(opt.weight)
+    a = None if opt.alpha is None else _alpha_factors(opt.alpha)[1]
+    inner = ce.clone() if a is None else ce * a
+    if e != 0.0:
+        inner.add_(p, alpha=e)
+    loss = inner if m is None else inner.mul_(m)
+    if not need_grad:
+        return loss, None
+    focal = scheduled or gamma != 0.0
+    if focal and not opt.detach_modulator:
+        grad = ce * gamma
+        if a is not None:
+            grad.mul_(a)
+        if e != 0.0:
+            if scheduled:
+                grad.addcmul_(p, gamma, value=e).add_(p, alpha=e)
+            else:
+                grad.add_(p, alpha=e * (gamma + 1.0))
+        grad.mul_(q)
+        if a is None:
+            grad.add_(p)
+        elif isinstance(a, Tensor):
+            grad.addcmul_(p, a)
+        else:
+            grad.add_(p, alpha=a)
+    else:
+        grad = p.clone() if a is None else p * a
+        if e != 0.0:
+            grad.addcmul_(p, q, value=e)
+    return loss, grad if m is None else grad.mul_(m)
+
+
+def _sigmoid_index_terms(
+    x: Tensor, target: Tensor, opt: SigmoidOptions, *, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    gamma: float | Tensor = opt.gamma
+    num_classes = x.shape[1]
+    pos_a, _ = _alpha_factors(opt.alpha)
+    # Negatives (t = 0) everywhere: u = p, rho = 1 - p, ce = softplus(x), dce/dx = p.
+    p, q, sp_pos, ce = _logistic(x)
+    if len(opt.thresholds) > 0:  # a negative's p_t is 1 - p
+        gamma = scheduled_gamma(q, opt.thresholds, opt.values)
+    scheduled = isinstance(gamma, Tensor)
+    focal = scheduled or gamma != 0.0
+    if scheduled or opt.poly1 != 0.0:
+        loss, grad = _negative_extras(p, q, sp_pos, ce, gamma, opt, need_grad=need_grad)
+    else:
+        loss, grad = _negative_terms(p, q, ce, gamma, opt, need_grad=need_grad)
 
     # Positives: the target class of each position (value C = background has none).
     is_pos = target < num_classes
