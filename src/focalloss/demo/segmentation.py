@@ -55,7 +55,7 @@ class SegmentationConfig:
 
     seeds: int = 3
     seed: int = 0  # the first seed; seeds run seed, seed + 1, ...
-    steps: int = 300
+    steps: int = 500
     batch_size: int = 16
     image_size: int = 40
     width: int = 8  # U-Net channels at full resolution
