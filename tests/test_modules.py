@@ -82,7 +82,7 @@ def test_assigning_alpha_and_weight_after_construction():
     )
     module.alpha = None
     assert "alpha" not in module.state_dict()
-    with pytest.raises(ValueError, match="alpha: expected finite values >= 0, got -1.0"):
+    with pytest.raises(ValueError, match=r"alpha: expected finite values >= 0, got -1\.0"):
         module.alpha = [0.2, -1.0, 0.5]
     with pytest.raises(
         TypeError, match="weight: expected None, a sequence of per-class numbers, a number"
