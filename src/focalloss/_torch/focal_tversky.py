@@ -91,11 +91,11 @@ def _float_counts(
 
 class _Hard:
     """What the class-index gradient needs from the counting pass: the target entries
-    ``idx``, the positives ``pos`` (None: every non-ignored position), and ``p`` and
-    ``1 - p`` there (0 where not a positive)."""
+    ``idx``, ``p`` there (0 at positions without a positive), and ``hit`` (1.0 where the
+    position's target entry is counted, 0.0 elsewhere; None: everywhere)."""
 
-    def __init__(self, idx: Tensor, pos: Tensor | None, p_t: Tensor, q_t: Tensor) -> None:
-        self.idx, self.pos, self.p_t, self.q_t = idx, pos, p_t, q_t
+    def __init__(self, idx: Tensor, p_t: Tensor, hit: Tensor | None) -> None:
+        self.idx, self.p_t, self.hit = idx, p_t, hit
 
 
 def _index_counts(spec: FocalTverskySpec, p: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], _Hard]:
@@ -103,65 +103,73 @@ def _index_counts(spec: FocalTverskySpec, p: Tensor) -> tuple[tuple[Tensor, Tens
     entries (its sum over positions is then ``FP``) and at ignored positions; the target
     entries are returned.
 
+    ``TP`` and the per-class target counts ``G`` are accumulated in float64 from the target
+    entries (so ``FN = G - TP`` is exact to float64 rounding); ``FP`` is the sum of the other
+    entries. Each step is one operation over the logits or the positions: on a CPU shared
+    with other jobs every operation costs a wake-up of the worker threads, whatever its size.
+
     Ignored positions are zeroed with a masked fill (their logits may hold NaN or inf), except
-    on the CPU, where one in-place product with the 0/1 mask does it (a fill over a
-    broadcast mask is several times slower there) and a non-finite count, the sign of NaN
-    or inf at an ignored position, falls back to the fill (reading the counts on the host is
-    no synchronisation on the CPU).
+    for the softmax on the CPU, where one in-place product with the 0/1 mask does it (a fill
+    over a broadcast mask is several times slower there) and a non-finite count, the sign of
+    NaN or inf at an ignored position, falls back to the fill (reading the counts on the host
+    is no synchronisation on the CPU).
     """
     target, num_classes = spec.target, p.shape[1]
-    ignored = spec.ignored
-    mask = None if ignored is None else ignored.unsqueeze(1)
-    valid = None if mask is None else torch.logical_not(mask).to(p.dtype)  # (N, 1, *)
-    weighted = valid is not None and p.device.type == "cpu"
-    if weighted:
-        p.mul_(valid)  # NaN * 0 stays NaN: caught below
-    elif mask is not None:
-        p.masked_fill_(mask, 0.0)
+    mask = None if spec.ignored is None else spec.ignored.unsqueeze(1)
+    weighted = False
     if spec.softmax:
-        pos = None
         idx = target.unsqueeze(1)
+        hit = None
+        if mask is not None:  # (float64: also the exact weights of the counts G)
+            hit = torch.logical_not(mask, out=p.new_empty(mask.shape, dtype=torch.float64))
+            weighted = p.device.type == "cpu"
+            if weighted:
+                p.mul_(hit)  # NaN * 0 stays NaN: caught below
+            else:
+                p.masked_fill_(mask, 0.0)
         p_t = p.gather(1, idx)
-        p.scatter_(1, idx, 0.0)
-        q_t = torch.sub(1.0, p_t) if valid is None else torch.sub(valid, p_t)
+        p.scatter_(1, idx, 0.0)  # (an ignored position's class-0 entry: 0 already)
     else:  # C is the background: no positive output at that position
-        pos = (target < num_classes).unsqueeze(1)
-        pos = pos if mask is None else pos & ~mask
+        positive = target.unsqueeze(1) < num_classes
+        if mask is not None:
+            p.masked_fill_(mask, 0.0)
+            positive &= ~mask
+        hit = positive.to(torch.float64)
         idx = target.clamp(max=num_classes - 1).unsqueeze(1)
-        p_t = p.gather(1, idx)
-        p.scatter_(1, idx, torch.where(pos, 0.0, p_t))
-        p_t.masked_fill_(~pos, 0.0)
-        q_t = torch.sigmoid(spec.input.gather(1, idx).to(p.dtype).neg()).masked_fill_(~pos, 0.0)
-    counts = _counts(p, idx, p_t, q_t, spec.per_image)
+        p_t = p.gather(1, idx).mul_(hit)
+        p.scatter_(1, idx, torch.where(positive, 0.0, p.gather(1, idx)))
+    counts = _counts(p, idx, p_t, hit, spec.per_image)
     if weighted and not bool(torch.isfinite(torch.stack([c.sum() for c in counts])).all()):
         assert mask is not None
         p.masked_fill_(mask, 0.0)  # NaN or inf somewhere: zero the ignored positions, recount
         p_t.masked_fill_(mask, 0.0)
-        q_t.masked_fill_(mask, 0.0)
-        counts = _counts(p, idx, p_t, q_t, spec.per_image)
-    return counts, _Hard(idx, pos, p_t, q_t)
+        counts = _counts(p, idx, p_t, hit, spec.per_image)
+    return counts, _Hard(idx, p_t, hit)
 
 
 def _counts(
-    p: Tensor, idx: Tensor, p_t: Tensor, q_t: Tensor, per_image: bool
+    p: Tensor, idx: Tensor, p_t: Tensor, hit: Tensor | None, per_image: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    num_classes = p.shape[1]
-    fp = _sum(p, per_image)
-    tp = _bincount(p_t, idx, num_classes, per_image)
-    fn = _bincount(q_t, idx, num_classes, per_image)
-    return tp, fn, fp
-
-
-def _bincount(values: Tensor, idx: Tensor, num_classes: int, per_image: bool) -> Tensor:
-    """``sum_i values_i [idx_i == c]`` per class (and image), accumulated in float64."""
-    n = values.shape[0]
+    """``(TP, FN, FP)`` from ``p`` (0 at the target entries), the target entries' ``p_t`` and
+    their weights ``hit``."""
+    n, num_classes = p.shape[:2]
     bins = idx.flatten(1)
     if per_image:
         bins = bins + torch.arange(n, device=idx.device).unsqueeze(1) * num_classes
+    bins = bins.flatten()
     size = num_classes * (n if per_image else 1)
-    out = values.new_zeros(size, dtype=torch.float64)
-    out.index_add_(0, bins.reshape(-1), values.flatten().to(torch.float64))
-    return out.view(n, num_classes) if per_image else out
+    tp = p.new_zeros(size, dtype=torch.float64)
+    tp.index_add_(0, bins, p_t.flatten().to(torch.float64))
+    if hit is not None:
+        g = torch.zeros_like(tp).index_add_(0, bins, hit.flatten())
+    elif bins.device.type == "cpu":  # (bincount sizes its output on the host elsewhere)
+        g = torch.bincount(bins, minlength=size).to(torch.float64)
+    else:
+        g = torch.zeros_like(tp).index_add_(0, bins, torch.ones_like(tp).expand(bins.shape))
+    if per_image:
+        tp, g = tp.view(n, num_classes), g.view(n, num_classes)
+    fp = _sum(p, per_image)
+    return tp, g - tp, fp
 
 
 def _class_terms(
@@ -211,42 +219,51 @@ def _index_grad(
 ) -> Tensor:
     """``p`` holds the probabilities with 0 at the target entries and at ignored positions;
     it becomes the gradient."""
-    idx, pos, p_t, q_t = hard.idx, hard.pos, hard.p_t, hard.q_t
-    s_t = _gather_classes(a + b, idx, spec.per_image)  # A_t + B_t
+    idx, p_t, hit = hard.idx, hard.p_t, hard.hit
+    b_t = _gather_classes(b, idx, spec.per_image)  # B at the target entry, (N, 1, *)
+    if hit is not None and not spec.softmax:
+        b_t = b_t.mul_(hit)  # no B term where the entry is not a positive (the softmax's
+        # ignored positions have p = 0, which cancels it)
+    if spec.softmax:
+        p.scatter_(1, idx, p_t)  # p again
+    else:
+        p.scatter_add_(1, idx, p_t)  # (entries of background positions were kept)
     a_view = a.view(shape)
     if not spec.softmax:  # p q (A + B g)
-        grad = p.mul_(torch.sigmoid(spec.input.to(p.dtype).neg())).mul_(a_view)
-        g_t = p_t.mul_(q_t).mul_(s_t)
-        grad.scatter_(1, idx, torch.where(pos, g_t, grad.gather(1, idx)))
+        grad = p.mul_(torch.sigmoid(spec.input.to(p.dtype).neg()))
+        pq_t = grad.gather(1, idx)
+        grad.mul_(a_view).scatter_add_(1, idx, pq_t.mul_(b_t))
         if spec.ignored is not None:  # p q with q NaN at an ignored position
             grad.masked_fill_(spec.ignored.unsqueeze(1), 0.0)
         return grad
     # Softmax: p_ic (A_c + B_c g_ic - dot_i), dot_i = sum_c p_ic A_c + p_it B_t.
-    dot = _class_dot(p, a, spec.per_image).unsqueeze(1)
-    dot = dot.addcmul_(s_t, p_t)  # the target entries (zeroed in p) add p_t (A_t + B_t)
-    _scale_by_coef_minus_dot(p, a_view, dot, spec.per_image)
-    return p.scatter_(1, idx, s_t.sub_(dot).mul_(p_t))
+    dot = _class_dot(p, a, spec.per_image).unsqueeze(1).addcmul_(b_t, p_t)
+    _scale_by_coef_minus_dot(p, a_view, dot, idx, b_t, spec.per_image)
+    return p
 
 
-# Elements of the scratch buffer of the softmax gradient: groups of images share one buffer,
-# whose pages are then touched once (a fresh logits-sized buffer costs more in page faults on
-# the CPU than the arithmetic), in a few large operations (a loop over classes would be many).
-_SCRATCH_ELEMENTS = 1 << 22
+# Elements of the scratch buffer of the softmax gradient: larger inputs are done in groups of
+# images that share one buffer, whose pages are then touched once (a fresh logits-sized buffer
+# costs more in page faults on the CPU than the arithmetic).
+_SCRATCH_ELEMENTS = 1 << 24
 
 
-def _scale_by_coef_minus_dot(p: Tensor, a_view: Tensor, dot: Tensor, per_image: bool) -> None:
-    """``p *= a - dot`` in place (``a``: ``(1 or N, C, 1, ...)``, ``dot``: ``(N, 1, ...)``)."""
+def _scale_by_coef_minus_dot(
+    p: Tensor, a_view: Tensor, dot: Tensor, idx: Tensor, b_t: Tensor, per_image: bool
+) -> None:
+    """``p *= a + b_t onehot(idx) - dot`` in place (``a``: ``(1 or N, C, 1, ...)``; ``dot``,
+    ``idx``, ``b_t``: ``(N, 1, ...)``)."""
     n = p.shape[0]
     group = max(1, _SCRATCH_ELEMENTS // max(p[0].numel(), 1)) if n else 1
     if group >= n:
-        p.mul_(a_view - dot)
+        p.mul_((a_view - dot).scatter_add_(1, idx, b_t))
         return
     scratch = p.new_empty((group, *p.shape[1:]))
     for n0 in range(0, n, group):
         n1 = min(n0 + group, n)
-        buf = scratch[: n1 - n0]
-        torch.sub(a_view[n0:n1] if per_image else a_view, dot[n0:n1], out=buf)
-        p[n0:n1].mul_(buf)
+        coef = a_view[n0:n1] if per_image else a_view
+        buf = torch.sub(coef, dot[n0:n1], out=scratch[: n1 - n0])
+        p[n0:n1].mul_(buf.scatter_add_(1, idx[n0:n1], b_t[n0:n1]))
 
 
 def _gather_classes(values: Tensor, idx: Tensor, per_image: bool) -> Tensor:
