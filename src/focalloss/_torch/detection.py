@@ -27,11 +27,11 @@ QFL (Li et al. 2020), ``d = p - t`` (computed as ``dce``, so ``t = 1`` gives ``-
 is bounded (``t = 0``: ``r = q``; ``t = 1``: ``r = -p``), so saturated logits give finite,
 exact gradients for every ``beta >= 0``. For a soft target ``0 < t < 1`` and ``0 < beta < 1``
 the true derivative is unbounded as ``p -> t`` (``|d|^(beta - 1)``): the closed form is exact
-wherever ``p != t`` in the compute dtype, where ``|r| <= p q / ulp``-sized bounds keep it finite
-(about ``2**24 * beta * ce`` in float32), and takes the value 0 where ``p == t`` exactly (the
-one-sided derivatives are -inf and +inf there; 0 is the minimum's subgradient). For
-``beta >= 1`` the derivative at ``p == t`` is 0 (``beta > 1``) or the subgradient 0
-(``beta = 1``).
+wherever ``p != t`` in the compute dtype, and finite there, since a nonzero ``|d|`` is at least
+about an ulp of ``p q``-sized terms (``|r|`` below about ``2**24`` in float32); where
+``p == t`` exactly it takes the value 0 (the one-sided derivatives are -inf and +inf there;
+the loss has its minimum 0 at that point). For ``beta > 1`` the derivative at ``p == t`` is
+0; for ``beta = 1`` 0 is taken between the one-sided values.
 
 Class-index targets (score at the labelled class, 0 elsewhere): every element is first computed
 as a negative (``t = 0``: no target read), then the labelled class of each position is
@@ -70,25 +70,35 @@ def _power(base: Tensor, exponent: float) -> Tensor:
 
 
 def _negative_terms(
-    x: Tensor, scale: float, exponent: float, detach: bool, need_grad: bool
+    x: Tensor,
+    scale: float,
+    exponent: float,
+    detach: bool,
+    need_grad: bool,
+    out: tuple[Tensor | None, Tensor | None] = (None, None),
 ) -> tuple[Tensor, Tensor | None]:
     """Elements whose target is 0: ``scale * p^exponent * softplus(x)`` and its derivative
     ``scale * p^exponent * (p + exponent * q * softplus(x))`` (VFL: scale alpha, exponent
-    gamma; QFL: scale 1, exponent beta)."""
+    gamma; QFL: scale 1, exponent beta). ``out``: buffers for the loss and the gradient (the
+    slices of the whole input's buffers that this piece fills), or None."""
     p, q, ce = torch.sigmoid(x), torch.sigmoid(x.neg()), F.softplus(x)  # no softplus(-x)
     m = _power(p, exponent)
     if scale != 1.0:
         m.mul_(scale)
-    loss = m * ce
+    loss = torch.mul(m, ce, out=out[0])
     if not need_grad:
         return loss, None
     if exponent == 0.0 or detach:
-        return loss, p.mul_(m)
-    return loss, q.mul_(ce).mul_(exponent).add_(p).mul_(m)
+        return loss, torch.mul(p, m, out=out[1])
+    return loss, torch.mul(q, ce, out=out[1]).mul_(exponent).add_(p).mul_(m)
 
 
 def _varifocal_terms(
-    x: Tensor, t: Tensor, spec: VarifocalSpec, need_grad: bool
+    x: Tensor,
+    t: Tensor,
+    spec: VarifocalSpec,
+    need_grad: bool,
+    out: tuple[Tensor | None, Tensor | None] = (None, None),
 ) -> tuple[Tensor, Tensor | None]:
     """VFL of every element of ``x`` against score ``t`` (same shape, or broadcast).
 
@@ -101,17 +111,21 @@ def _varifocal_terms(
     positive = t > 0
     m = spec.alpha if spec.gamma == 0.0 else _power(p, spec.gamma).mul_(spec.alpha)
     k = torch.where(positive, t if spec.iou_weighted else 1.0, m)
-    loss = k * ce
+    loss = torch.mul(k, ce, out=out[0])
     if not need_grad:
         return loss, None
-    dce = torch.mul(t_neg, p).sub_(t * q)
+    dce = torch.mul(t_neg, p, out=out[1]).sub_(t * q)
     if spec.gamma != 0.0 and not spec.detach_modulator:
         dce.addcmul_(q.masked_fill_(positive, 0.0), ce, value=spec.gamma)
     return loss, dce.mul_(k)
 
 
 def _quality_terms(
-    x: Tensor, t: Tensor, spec: QualityFocalSpec, need_grad: bool
+    x: Tensor,
+    t: Tensor,
+    spec: QualityFocalSpec,
+    need_grad: bool,
+    out: tuple[Tensor | None, Tensor | None] = (None, None),
 ) -> tuple[Tensor, Tensor | None]:
     """QFL of every element of ``x`` against score ``t`` (same shape, or broadcast).
 
@@ -122,7 +136,7 @@ def _quality_terms(
     p, q, sp_pos, sp_neg = _logistic(x)
     t_neg = 1.0 - t
     ce = sp_pos.mul_(t).addcmul_(t_neg, sp_neg)
-    d = torch.mul(t_neg, p).sub_(t * q)  # p - t, and dce/dx
+    d = torch.mul(t_neg, p, out=out[1] if need_grad else None).sub_(t * q)  # p - t = dce/dx
     if spec.beta == 0.0:
         return ce, d if need_grad else None
     m = d.square() if spec.beta == 2.0 else d.abs().pow_(spec.beta)
@@ -170,44 +184,48 @@ def _sigmoid_family_forward(
 ) -> tuple[Tensor, Tensor | None]:
     input = spec.input
     dtype = spec.compute_dtype
-    per_position = isinstance(spec, QualityFocalSpec)
+    vfl = isinstance(spec, VarifocalSpec)
     chunks = _pieces(input)
     if len(chunks) == 1:
-        loss, grad = _piece(spec, (slice(None),), need_grad)
+        loss, grad = _piece(spec, (slice(None),), need_grad, None, None)
         return finish(loss if spec.reduction == "none" else loss.sum(), grad, spec, summed=True)
+    # Each piece writes its gradient (and its "none" loss) into its slice of these buffers.
     elementwise = spec.reduction == "none"
-    loss_shape = tuple(input.shape[:1] + input.shape[2:]) if per_position else input.shape
+    loss_shape = input.shape if vfl else tuple(input.shape[:1] + input.shape[2:])
     loss = input.new_empty(loss_shape, dtype=dtype) if elementwise else None
     grad = torch.empty_like(input, dtype=dtype) if need_grad else None
     sums = []
     for xs in chunks:
-        part_loss, part_grad = _piece(spec, xs, need_grad)
-        if loss is not None:
-            loss[xs[:1] + xs[2:] if per_position else xs] = part_loss
-        else:
+        loss_out = None if loss is None else loss[xs if vfl else xs[:1] + xs[2:]]
+        part_loss, _ = _piece(spec, xs, need_grad, loss_out, None if grad is None else grad[xs])
+        if loss is None:
             sums.append(part_loss.sum())
-        if grad is not None:
-            grad[xs] = part_grad
     return finish(torch.stack(sums).sum() if loss is None else loss, grad, spec, summed=True)
 
 
 def _piece(
-    spec: VarifocalSpec | QualityFocalSpec, xs: tuple[slice, ...], need_grad: bool
+    spec: VarifocalSpec | QualityFocalSpec,
+    xs: tuple[slice, ...],
+    need_grad: bool,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Loss (elementwise for VFL, per position for QFL) and scaled gradient of one piece."""
+    """Loss (elementwise for VFL, per position for QFL) and scaled gradient of one piece,
+    written into ``loss_out`` and ``grad_out`` when given (slices of the whole buffers)."""
     vfl = isinstance(spec, VarifocalSpec)
     terms = _varifocal_terms if vfl else _quality_terms
     ps = xs[:1] + xs[2:]  # the positions of the piece
     x = spec.input[xs].to(spec.compute_dtype)
+    out = (loss_out if vfl else None, grad_out)
     if spec.score is None:
         target = spec.target[xs].to(x.dtype)
-        loss, grad = terms(x, target, spec, need_grad)  # type: ignore[arg-type]
+        loss, grad = terms(x, target, spec, need_grad, out)  # type: ignore[arg-type]
     else:
         if vfl:
             scale, exponent = spec.alpha, spec.gamma  # type: ignore[union-attr]
         else:
             scale, exponent = 1.0, spec.beta  # type: ignore[union-attr]
-        loss, grad = _negative_terms(x, scale, exponent, spec.detach_modulator, need_grad)
+        loss, grad = _negative_terms(x, scale, exponent, spec.detach_modulator, need_grad, out)
         # The labelled class of each position (value C = background has none).
         num_classes = x.shape[1]
         target = spec.target[ps]
@@ -219,25 +237,28 @@ def _piece(
         if grad is not None:
             assert grad_t is not None
             grad.scatter_(1, idx, torch.where(labelled, grad_t, grad.gather(1, idx)))
+    # From here on, in place (the buffers may be the slices of the whole input's).
     if spec.weight is not None:
         if vfl:
             w = spec.weight[xs]
-            loss = loss.mul_(w)
-            grad = None if grad is None else grad.mul_(w)
+            loss.mul_(w)
+            if grad is not None:
+                grad.mul_(w)
         else:
             w = spec.weight[ps]
-            grad = None if grad is None else grad.mul_(w.unsqueeze(1))
+            if grad is not None:
+                grad.mul_(w.unsqueeze(1))
     if not vfl:
-        loss = loss.sum(1)
+        loss = torch.sum(loss, 1, out=loss_out)
         if spec.weight is not None:
-            loss = loss.mul_(w)
+            loss.mul_(w)
     if spec.ignored is not None:
         mask = spec.ignored[ps]
-        loss = loss.masked_fill(mask.unsqueeze(1) if vfl else mask, 0.0)
+        loss.masked_fill_(mask.unsqueeze(1) if vfl else mask, 0.0)
         if grad is not None:
-            grad = grad.masked_fill(mask.unsqueeze(1), 0.0)
+            grad.masked_fill_(mask.unsqueeze(1), 0.0)
     if grad is not None and spec.scale is not None:
-        grad = grad.mul_(spec.scale)
+        grad.mul_(spec.scale)
     return loss, grad
 
 
