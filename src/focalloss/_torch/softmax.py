@@ -152,14 +152,15 @@ def poly_factor(
 
 
 def hard_target_terms(
-    lp_t: Tensor, gamma: float | Tensor, detach_modulator: bool
+    lp_t: Tensor, gamma: float | Tensor, detach_modulator: bool, p_t: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Per-position factors of the focal term of one class, from its log-probability ``lp_t``.
 
     Returns ``(nl, s, q)``: ``nl = m * lp`` (the loss term is ``-nl``), ``s = -g / k``
     ``= m * (1 - gamma * r)`` (``m`` when the modulator is detached; None for gamma = 0,
     where it is 1), and ``q = p - 1 = expm1(lp)``, all fresh tensors owned by the caller.
-    ``gamma`` is a number, or a per-position tensor (a schedule).
+    ``gamma`` is a number, or a per-position tensor (a schedule); ``p_t = exp(lp_t)`` when the
+    caller has it.
     """
     q = torch.expm1(lp_t)  # p - 1, exact near p = 1
     if isinstance(gamma, Tensor):
@@ -173,8 +174,57 @@ def hard_target_terms(
         return nl, m, q
     # -r = p * lp / (p - 1) in [0, 1]; NaN only for p * lp = 0 at p = 1 (0/0, where m = 0)
     # or p = 0 with lp = -inf (0 * inf, limit 0): both become 0.
-    s = lp_t.exp().mul_(lp_t).div_(q).nan_to_num_(nan=0.0)
+    s = lp_t.exp().mul_(lp_t) if p_t is None else torch.mul(p_t, lp_t)
+    s.div_(q).nan_to_num_(nan=0.0)
     return nl, s.mul_(gamma).add_(1.0).mul_(m), q
+
+
+def hard_poly_terms(
+    lp_t: Tensor,
+    gamma: float | Tensor,
+    detach_modulator: bool,
+    coef: Tensor | None,
+    epsilon: float,
+    weight_t: Tensor | None,
+    need_grad: bool,
+    p_t: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The focal and Poly-1 terms of a hard target together, in few per-position passes.
+
+    With ``u = 1 - p_t = -q``, ``m = u ** gamma``, ``k = coef`` (1 when None), ``w = weight_t``:
+    ``loss = -m (k lp + e w q)`` (``= -k m lp + e w u ** (gamma + 1)``) and the gradient's
+    scalar ``s = m (k (1 + gamma r') + e w (gamma + 1) p_t)`` (``m (k + e w p_t)`` when the
+    modulator is detached or gamma is 0), ``r' = p_t lp / (p_t - 1)`` as in
+    ``hard_target_terms``. Returns ``(loss, s, q)``."""
+    q = torch.expm1(lp_t)  # p - 1, exact near p = 1
+    scheduled = isinstance(gamma, Tensor)
+    if scheduled:
+        m: Tensor | None = q.neg().pow_(gamma)
+    elif gamma == 0.0:
+        m = None
+    else:
+        m = q.square() if gamma == 2.0 else (q.neg() if gamma == 1.0 else q.neg().pow_(gamma))
+    inner = lp_t.clone() if coef is None else lp_t * coef
+    if weight_t is None:
+        inner.add_(q, alpha=epsilon)
+    else:
+        inner.addcmul_(q, weight_t, value=epsilon)
+    loss = (inner if m is None else inner.mul_(m)).neg_()
+    if not need_grad:
+        return loss, None, q
+    p = lp_t.exp() if p_t is None else p_t
+    ep = p * epsilon if weight_t is None else torch.mul(p, weight_t).mul_(epsilon)
+    if m is None or detach_modulator:
+        s = ep.add_(1.0) if coef is None else ep.add_(coef)
+    else:
+        s = torch.mul(p, lp_t).div_(q).nan_to_num_(nan=0.0).mul_(gamma).add_(1.0)
+        if coef is not None:
+            s.mul_(coef)
+        if scheduled:
+            s.addcmul_(ep, gamma).add_(ep)
+        else:
+            s.add_(ep, alpha=gamma + 1.0)
+    return loss, s if m is None else s.mul_(m), q
 
 
 def per_position(
@@ -449,23 +499,20 @@ def _hard_forward(
     if ignored is not None and need_grad:
         unfinished = nonfinite_ignored(lp_t, ignored)
     focal_gamma: float | Tensor = gamma
+    p_t = None
     if extras.scheduled:
-        focal_gamma = scheduled_gamma(lp_t.exp(), extras.thresholds, extras.values)
-    nl, s, q = hard_target_terms(lp_t, focal_gamma, detach_modulator)
+        p_t = lp_t.exp()
+        focal_gamma = scheduled_gamma(p_t, extras.thresholds, extras.values)
     coef = class_coef[target] if class_coef is not None else None
-    loss = nl.neg_() if coef is None else nl.mul_(coef).neg_()
-    poly_s = None
-    if extras.poly1 != 0.0:  # + e * w_t * (1 - p_t) ** (gamma + 1)
-        big_u = q.neg()
-        mp = poly_power(big_u, focal_gamma)
+    if extras.poly1 != 0.0:  # + e * w_t * (1 - p_t) ** (gamma + 1), folded into s
         weight_t = None if extras.poly_weight is None else extras.poly_weight[target]
-        term = big_u.mul_(mp)
-        if weight_t is not None:
-            term.mul_(weight_t)
-        loss.add_(term, alpha=extras.poly1)
-        if need_grad:  # A * p_t * (p - onehot(t))
-            factor = poly_factor(extras.poly1, mp, weight_t, focal_gamma, detach_modulator)
-            poly_s = factor.mul_(lp_t.exp())
+        loss, s, q = hard_poly_terms(
+            lp_t, focal_gamma, detach_modulator, coef, extras.poly1, weight_t, need_grad, p_t
+        )
+        coef = None  # s holds it
+    else:
+        nl, s, q = hard_target_terms(lp_t, focal_gamma, detach_modulator, p_t)
+        loss = nl.neg_() if coef is None else nl.mul_(coef).neg_()
     if ignored is not None:
         loss.masked_fill_(ignored, 0.0)
     if not need_grad:
@@ -477,8 +524,6 @@ def _hard_forward(
         s = torch.ones_like(lp_t) if coef is None else coef
     elif coef is not None:
         s.mul_(coef)
-    if poly_s is not None:
-        s = s + poly_s
     if grad_scale is not None:
         s = s * grad_scale
     if ignored is not None:
