@@ -120,8 +120,8 @@ def _index_counts(spec: FocalTverskySpec, p: Tensor) -> tuple[tuple[Tensor, Tens
     if spec.softmax:
         idx = target.unsqueeze(1)
         hit = None
-        if mask is not None:  # (float64: also the exact weights of the counts G)
-            hit = torch.logical_not(mask, out=p.new_empty(mask.shape, dtype=torch.float64))
+        if mask is not None:
+            hit = torch.logical_not(mask, out=p.new_empty(mask.shape))
             weighted = p.device.type == "cpu"
             if weighted:
                 p.mul_(hit)  # NaN * 0 stays NaN: caught below
@@ -134,7 +134,7 @@ def _index_counts(spec: FocalTverskySpec, p: Tensor) -> tuple[tuple[Tensor, Tens
         if mask is not None:
             p.masked_fill_(mask, 0.0)
             positive &= ~mask
-        hit = positive.to(torch.float64)
+        hit = positive.to(p.dtype)
         idx = target.clamp(max=num_classes - 1).unsqueeze(1)
         p_t = p.gather(1, idx).mul_(hit)
         p.scatter_(1, idx, torch.where(positive, 0.0, p.gather(1, idx)))
@@ -161,7 +161,7 @@ def _counts(
     tp = p.new_zeros(size, dtype=torch.float64)
     tp.index_add_(0, bins, p_t.flatten().to(torch.float64))
     if hit is not None:
-        g = torch.zeros_like(tp).index_add_(0, bins, hit.flatten())
+        g = torch.zeros_like(tp).index_add_(0, bins, hit.flatten().to(torch.float64))
     elif bins.device.type == "cpu":  # (bincount sizes its output on the host elsewhere)
         g = torch.bincount(bins, minlength=size).to(torch.float64)
     else:
