@@ -12,9 +12,10 @@ Rows, each against its baseline in the same process on the same inputs:
 
 Interleaved rounds (the order alternates between rounds, so drift of a shared machine hits all
 alike); the ratio is the median over rounds of each round's ratio to the baseline that ran next
-to it, with the ratio of the best rounds beside it. The CPU of the machine this was written on
-is shared with other jobs: read the ratios, not the absolute times, and rerun on a quiet
-machine for numbers to quote.
+to it, with the ratio of the best rounds beside it, for wall time and for the process's CPU time
+(all threads; less disturbed by other jobs than wall time, on the CPU only). The CPU of the
+machine this was written on is shared with other jobs: read the ratios, not the absolute times,
+and rerun on a quiet machine for numbers to quote.
 
     python benchmarks/bench_poly_schedule.py               # CPU, 2 threads, 11 rounds
     python benchmarks/bench_poly_schedule.py --rounds 5 --json out.json
@@ -59,18 +60,21 @@ def compare(
     for step in steps.values():  # warm-up (allocator, caches, kernel compilation)
         step()
     times: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
     order = list(steps)
     for r in range(rounds):
         for k in order if r % 2 == 0 else order[::-1]:
             sync(x.device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             steps[k]()
             sync(x.device)
             times[k].append((time.perf_counter() - start) * 1e3)
+            cpu[k].append((time.process_time() - start_cpu) * 1e3)
     base = order[0]
     rows = []
     for k in order:
         per_round = [a / b for a, b in zip(times[k], times[base], strict=True)]
+        per_round_cpu = [a / b for a, b in zip(cpu[k], cpu[base], strict=True)]
         rows.append(
             dict(
                 case=name,
@@ -80,7 +84,10 @@ def compare(
                 best_ms=min(times[k]),
                 ratio=statistics.median(per_round),
                 best_ratio=min(times[k]) / min(times[base]),
+                cpu_ms=statistics.median(cpu[k]),
+                cpu_ratio=statistics.median(per_round_cpu),
                 rounds=times[k],
+                cpu_rounds=cpu[k],
             )
         )
     return rows
@@ -146,13 +153,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     results = []
-    print(f"{'case':42} {'impl':>8} {'median ms':>10} {'best ms':>8} {'ratio':>6} {'best':>6}")
+    print(
+        f"{'case':42} {'impl':>8} {'median ms':>10} {'best ms':>8} {'ratio':>6} {'best':>6} "
+        f"{'cpu ms':>8} {'cpu ratio':>9}"
+    )
     for name, impls in cases:
         for row in compare(name, x, impls, args.rounds):
             results.append(row)
             print(
                 f"{row['case']:42} {row['impl']:>8} {row['ms']:10.1f} {row['best_ms']:8.1f} "
-                f"{row['ratio']:6.3f} {row['best_ratio']:6.3f}"
+                f"{row['ratio']:6.3f} {row['best_ratio']:6.3f} {row['cpu_ms']:8.1f} "
+                f"{row['cpu_ratio']:9.3f}"
             )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

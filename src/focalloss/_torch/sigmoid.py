@@ -258,6 +258,26 @@ def _negative_terms(
     return loss, grad
 
 
+def _negative_schedule(
+    p: Tensor, q: Tensor, sp_pos: Tensor, ce: Tensor, opt: SigmoidOptions, *, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """The negatives with a schedule (no Poly-1), in the passes of ``_negative_terms`` plus the
+    selection of gamma: ``p ** gamma = exp(-gamma * softplus(-x))`` (``log p`` is at hand) and
+    the gradient ``(p - q ce (-gamma)) w a p ** gamma``. ``p``, ``q``, ``sp_pos`` are used up."""
+    neg_gamma = scheduled_gamma(q, opt.thresholds, opt.values, sign=-1.0)
+    wm = sp_pos.mul_(neg_gamma).exp_()  # p ** gamma
+    if opt.alpha is not None:
+        wm.mul_(_alpha_factors(opt.alpha)[1])
+    if opt.weight is not None:
+        wm.mul_(opt.weight)
+    loss = ce * wm
+    if not need_grad:
+        return loss, None
+    if opt.detach_modulator:
+        return loss, p.mul_(wm)
+    return loss, p.sub_(q.mul_(ce).mul_(neg_gamma)).mul_(wm)
+
+
 def _negative_extras(
     p: Tensor,
     q: Tensor,
@@ -322,14 +342,17 @@ def _sigmoid_index_terms(
     pos_a, _ = _alpha_factors(opt.alpha)
     # Negatives (t = 0) everywhere: u = p, rho = 1 - p, ce = softplus(x), dce/dx = p.
     p, q, sp_pos, ce = _logistic(x)
-    if len(opt.thresholds) > 0:  # a negative's p_t is 1 - p
-        gamma = scheduled_gamma(q, opt.thresholds, opt.values)
-    scheduled = isinstance(gamma, Tensor)
+    scheduled = len(opt.thresholds) > 0
     focal = scheduled or gamma != 0.0
-    if scheduled or opt.poly1 != 0.0:
-        loss, grad = _negative_extras(p, q, sp_pos, ce, gamma, opt, need_grad=need_grad)
+    if scheduled and opt.poly1 == 0.0:
+        loss, grad = _negative_schedule(p, q, sp_pos, ce, opt, need_grad=need_grad)
     else:
-        loss, grad = _negative_terms(p, q, ce, gamma, opt, need_grad=need_grad)
+        if scheduled:  # a negative's p_t is 1 - p
+            gamma = scheduled_gamma(q, opt.thresholds, opt.values)
+        if opt.poly1 != 0.0:
+            loss, grad = _negative_extras(p, q, sp_pos, ce, gamma, opt, need_grad=need_grad)
+        else:
+            loss, grad = _negative_terms(p, q, ce, gamma, opt, need_grad=need_grad)
 
     # Positives: the target class of each position (value C = background has none).
     is_pos = target < num_classes

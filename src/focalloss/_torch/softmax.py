@@ -108,14 +108,16 @@ NO_EXTRAS = Extras()
 
 
 def scheduled_gamma(
-    p_t: Tensor, thresholds: tuple[float, ...], values: tuple[float, ...]
+    p_t: Tensor, thresholds: tuple[float, ...], values: tuple[float, ...], sign: float = 1.0
 ) -> Tensor:
     """The per-position (or per-element) gamma of a schedule at the detached ``p_t``:
-    ``values[k]`` with ``k`` the number of thresholds ``<= p_t`` (NaN ``p_t``: ``values[0]``)."""
+    ``values[k]`` with ``k`` the number of thresholds ``<= p_t`` (NaN ``p_t``: ``values[0]``),
+    times ``sign``. One comparison and one selection per threshold; the values are 0-d fills
+    of ``p_t``'s dtype (no host-to-device copy)."""
     p_t = p_t.detach()
-    gamma = torch.full_like(p_t, values[0])
+    gamma = p_t.new_full((), sign * values[0])
     for bound, value in zip(thresholds, values[1:], strict=True):
-        gamma.masked_fill_(p_t >= bound, value)
+        gamma = torch.where(p_t >= bound, p_t.new_full((), sign * value), gamma)
     return gamma
 
 
