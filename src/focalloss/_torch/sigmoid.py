@@ -312,9 +312,12 @@ def _negative_extras(
         return loss, None
     focal = scheduled or gamma != 0.0
     if focal and not opt.detach_modulator:
-        grad = ce * gamma
-        if a is not None:
-            grad.mul_(a)
+        if a is None or isinstance(a, Tensor) or isinstance(gamma, Tensor):
+            grad = ce * gamma
+            if a is not None:
+                grad.mul_(a)
+        else:
+            grad = ce * (gamma * a)  # one pass for two numbers
         if e != 0.0:
             if scheduled:
                 grad.addcmul_(p, gamma, value=e).add_(p, alpha=e)
