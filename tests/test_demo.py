@@ -25,7 +25,9 @@ def test_demo_quick_end_to_end(tmp_path):
     """`focalloss demo --quick` (segmentation, the default task): files, metrics keys, every
     per-seed value, the summary and the paired differences."""
     out = tmp_path / "demo"
+    threads = torch.get_num_threads()
     assert main(["demo", "--quick", "--losses", "ce,focal,seed", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # --threads (1) only for the run
     assert _is_png(out / "demo.png")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["demo"] == "segmentation"

@@ -40,6 +40,7 @@ from .common import (
     Progress,
     check_common,
     format_summary,
+    keeps_thread_count,
     machine_info,
     resolve_device,
     run_grid,
@@ -324,6 +325,7 @@ def check_config(config: CalibrationConfig) -> None:
             raise ValueError(f"{key}: expected >= 1, got {getattr(config, key)}")
 
 
+@keeps_thread_count
 def run_calibration(
     config: CalibrationConfig,
     print_fn: Callable[[str], None] = print,

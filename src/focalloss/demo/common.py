@@ -11,6 +11,7 @@ small MLP step took 1.1 ms with one thread and 207 ms with two, a U-Net step 240
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing
@@ -167,6 +168,21 @@ def check_common(
             raise ValueError(f"losses: expected names from {tuple(known)} for {task}, got {name!r}")
     if len(set(losses)) != len(losses):
         raise ValueError(f"losses: expected each name once, got {list(losses)}")
+
+
+def keeps_thread_count(run: Callable[..., dict[str, object]]) -> Callable[..., dict[str, object]]:
+    """Restore torch's thread count after ``run`` (the demos set ``--threads`` for
+    themselves, not for the caller's process)."""
+
+    @functools.wraps(run)
+    def wrapper(*args: object, **kwargs: object) -> dict[str, object]:
+        before = torch.get_num_threads()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
 
 
 def resolve_device(name: str, threads: int | None) -> torch.device:

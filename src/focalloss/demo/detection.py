@@ -42,6 +42,7 @@ from .common import (
     Progress,
     check_common,
     format_summary,
+    keeps_thread_count,
     machine_info,
     resolve_device,
     run_grid,
@@ -708,6 +709,7 @@ def check_config(config: DetectionConfig) -> None:
         )
 
 
+@keeps_thread_count
 def run_detection(
     config: DetectionConfig,
     print_fn: Callable[[str], None] = print,

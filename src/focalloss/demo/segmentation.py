@@ -31,6 +31,7 @@ from .common import (
     Progress,
     check_common,
     format_summary,
+    keeps_thread_count,
     machine_info,
     resolve_device,
     run_grid,
@@ -289,6 +290,7 @@ def check_config(config: SegmentationConfig) -> None:
         raise ValueError(f"gamma: expected a finite number >= 0, got {config.gamma}")
 
 
+@keeps_thread_count
 def run_segmentation(
     config: SegmentationConfig,
     print_fn: Callable[[str], None] = print,
