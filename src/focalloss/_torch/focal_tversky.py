@@ -245,7 +245,7 @@ def _index_grad(
 # Elements of the scratch buffer of the softmax gradient: larger inputs are done in groups of
 # images that share one buffer, whose pages are then touched once (a fresh logits-sized buffer
 # costs more in page faults on the CPU than the arithmetic).
-_SCRATCH_ELEMENTS = 1 << 24
+_SCRATCH_ELEMENTS = 1 << 23
 
 
 def _scale_by_coef_minus_dot(
