@@ -183,7 +183,9 @@ def load_digits_tensors() -> tuple[Tensor, Tensor]:
     return x, torch.tensor(digits.target, dtype=torch.long)
 
 
-def tail_sizes(classes: int = NUM_CLASSES, head: int = HEAD_SIZE, ratio: float = IMBALANCE):
+def tail_sizes(
+    classes: int = NUM_CLASSES, head: int = HEAD_SIZE, ratio: float = IMBALANCE
+) -> list[int]:
     """Exponential profile: rank r keeps ``round(head * ratio**(-r / (classes - 1)))``."""
     return [round(head * ratio ** (-r / (classes - 1))) for r in range(classes)]
 

@@ -15,7 +15,7 @@ from torch import Tensor
 INSTALL_HINT = 'pip install "focalloss[demo]" (from a checkout: pip install -e ".[demo]")'
 
 
-def _pycocotools():
+def _pycocotools() -> tuple[type, type]:
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval

@@ -41,7 +41,9 @@ class Metric:
 class Progress:
     """A tqdm bar (the ``demo`` extra installs tqdm), else a line every tenth of the run."""
 
-    def __init__(self, total: int, description: str, leave: bool = False, position: int = 0):
+    def __init__(
+        self, total: int, description: str, leave: bool = False, position: int = 0
+    ) -> None:
         self.total, self.description, self.count = total, description, 0
         try:
             from tqdm.auto import tqdm

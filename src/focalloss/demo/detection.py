@@ -154,7 +154,9 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / union.clamp(min=1e-12)
 
 
-def make_anchors(feature_size: int, stride: int = STRIDE, sizes=ANCHOR_SIZES) -> Tensor:
+def make_anchors(
+    feature_size: int, stride: int = STRIDE, sizes: tuple[float, ...] = ANCHOR_SIZES
+) -> Tensor:
     """``(feature_size**2 * len(sizes), 4)`` square anchors, ordered (row, column, size)."""
     centres = (torch.arange(feature_size, dtype=torch.float32) + 0.5) * stride
     cy, cx = torch.meshgrid(centres, centres, indexing="ij")
@@ -578,7 +580,9 @@ def easy_negative_share(
         }
 
 
-def _kept_scores(entry: DetectionLoss, deltas: Tensor, anchors: Tensor, targets: _Targets):
+def _kept_scores(
+    entry: DetectionLoss, deltas: Tensor, anchors: Tensor, targets: _Targets
+) -> Tensor:
     keep = targets.labels >= 0
     if not entry.quality:
         return torch.zeros(int(keep.sum()))

@@ -52,7 +52,9 @@ def paired_seeds(ax, metrics: dict, key: str, title: str) -> None:
     ax.legend(fontsize=7)
 
 
-def forest(ax, metrics: dict, keys: list[tuple[str, str]], title: str) -> None:
+def forest(
+    ax, metrics: dict, keys: list[tuple[str, str]], title: str, labels_right: bool = False
+) -> None:
     """Paired differences to the baseline with their 95% t-intervals, one row per
     (loss, metric); the dashed line is no difference."""
     rows = []
@@ -69,6 +71,8 @@ def forest(ax, metrics: dict, keys: list[tuple[str, str]], title: str) -> None:
     ax.axvline(0.0, color="k", ls="--", lw=0.8)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([name for name, _ in rows], fontsize=7)
+    if labels_right:
+        ax.yaxis.tick_right()
     ax.invert_yaxis()
     ax.set_title(f"{title} to {metrics['baseline']}\n(mean, 95% paired t-interval)", fontsize=10)
 
@@ -219,7 +223,13 @@ def calibration_figure(metrics: dict, path: Path) -> None:
     plt = _pyplot()
     losses = metrics["losses"]
     columns = len(losses) + 1
-    fig, axes = plt.subplots(2, columns, figsize=(3.0 * columns, 6.2), squeeze=False)
+    fig, axes = plt.subplots(
+        2,
+        columns,
+        figsize=(3.0 * columns + 2.0, 6.2),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.0] * len(losses) + [1.5]},
+    )
     bins = metrics["ece_bins"]
     edges = [k / bins for k in range(bins + 1)]
     for col, name in enumerate(losses):
@@ -260,13 +270,14 @@ def calibration_figure(metrics: dict, path: Path) -> None:
             if col == 0:
                 ax.set_ylabel("accuracy", fontsize=8)
                 ax.legend(fontsize=7, loc="lower right")
-    forest(axes[0][-1], metrics, [("ece", "ECE"), ("ece_ts", "ECE after TS")], "difference")
-    forest(axes[1][-1], metrics, [("nll", "NLL"), ("nll_ts", "NLL after TS")], "difference")
+    forest(axes[0][-1], metrics, [("ece", "ECE"), ("ece_ts", "ECE after TS")], "difference", True)
+    forest(axes[1][-1], metrics, [("nll", "NLL"), ("nll_ts", "NLL after TS")], "difference", True)
     fig.suptitle(
         f"focalloss demo calibration: reliability on the test splits of "
         f"{len(metrics['seeds'])} seeds pooled ({bins} bins); right: paired differences"
     )
     _layout(fig, bottom=0.1, top=0.85)
+    fig.subplots_adjust(wspace=0.3, right=0.88)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
