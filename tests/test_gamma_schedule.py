@@ -20,6 +20,8 @@ from refs_poly import index_labels, sigmoid_ref, softmax_ref
 
 FLSD = GammaSchedule.flsd53()
 THREE = GammaSchedule((0.25, 0.6), (4.0, 0.0, 1.5))  # a piece of gamma 0 in the middle
+# 0.4 + (0.1 - 0.4) != 0.1 in floating point: the values are selected, not summed
+INEXACT = GammaSchedule((0.3,), (0.4, 0.1))
 REDUCTIONS = ["none", "mean", "sum"]
 
 
@@ -255,14 +257,19 @@ def test_softmax_matches_reference(schedule, kind, reduction, options):
     torch.testing.assert_close(_grad(ours, x, go), _grad(ref, x, go), rtol=1e-9, atol=1e-12)
 
 
+def _pieces(p_t, schedule):
+    return sum((p_t >= b).long() for b in schedule.thresholds)
+
+
+@pytest.mark.parametrize("schedule", [THREE, INEXACT], ids=["three", "inexact-sums"])
 @pytest.mark.parametrize("kind", ["index", "smoothed", "prob"])
-def test_softmax_gradient_is_the_constant_gamma_one_per_piece(kind):
+def test_softmax_gradient_is_the_constant_gamma_one_per_piece(kind, schedule):
     """gamma is a constant of each position: where a position's P falls in piece k, its loss
-    and gradient are those of gamma = values[k] (the pieces of THREE, one of them 0)."""
+    and gradient are those of gamma = values[k] (THREE has a piece of gamma 0)."""
     x, t, kw = _softmax_case(kind, seed=3)
     kw.update(reduction="none", poly1_epsilon=0.8, weight=[1.0, 2.0, 0.5, 1.5, 0.3])
     go = torch.randn(x.shape[:1] + x.shape[2:], dtype=torch.float64)
-    sched = focal_loss(x, t, gamma=THREE, **kw)
+    sched = focal_loss(x, t, gamma=schedule, **kw)
     grad = _grad(sched, x, go)
     p = torch.softmax(x.detach(), 1)
     eps, num_classes = kw.get("label_smoothing", 0.0), x.shape[1]
@@ -271,9 +278,9 @@ def test_softmax_gradient_is_the_constant_gamma_one_per_piece(kind):
     else:
         q = torch.nn.functional.one_hot(t.masked_fill(t == 255, 0), 5).movedim(-1, 1).double()
     big_p = (((1 - eps) * q + eps / num_classes) * p).sum(1)
-    piece = (big_p >= 0.25).long() + (big_p >= 0.6).long()
+    piece = _pieces(big_p, schedule)
     seen = set()
-    for k, gamma in enumerate(THREE.values):
+    for k, gamma in enumerate(schedule.values):
         where = piece == k
         seen.add(bool(where.any()))
         const = focal_loss(x, t, gamma=gamma, **kw)
@@ -283,6 +290,27 @@ def test_softmax_gradient_is_the_constant_gamma_one_per_piece(kind):
             grad.movedim(1, -1)[where], g_const.movedim(1, -1)[where], rtol=1e-12, atol=1e-15
         )
     assert seen == {True}  # every piece is exercised
+
+
+@pytest.mark.parametrize("schedule", [THREE, INEXACT], ids=["three", "inexact-sums"])
+@pytest.mark.parametrize("kind", ["soft", "index"])
+@pytest.mark.parametrize("detach", [False, True])
+def test_sigmoid_gradient_is_the_constant_gamma_one_per_piece(schedule, kind, detach):
+    x, t, labels, _, kw = _sigmoid_case(kind, seed=8)
+    kw.update(reduction="none", alpha=0.25, detach_modulator=detach)
+    go = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    sched = sigmoid_focal_loss(x, t, gamma=schedule, **kw)
+    grad = _grad(sched, x, go)
+    p = torch.sigmoid(x.detach())
+    piece = _pieces(p * labels + (1 - p) * (1 - labels), schedule)
+    seen = set()
+    for k, gamma in enumerate(schedule.values):
+        where = piece == k
+        seen.add(bool(where.any()))
+        const = sigmoid_focal_loss(x, t, gamma=gamma, **kw)
+        torch.testing.assert_close(sched[where], const[where], rtol=1e-13, atol=0)
+        torch.testing.assert_close(grad[where], _grad(const, x, go)[where], rtol=1e-12, atol=1e-15)
+    assert seen == {True}
 
 
 @pytest.mark.parametrize("schedule", [FLSD, THREE], ids=["flsd53", "three"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from .._spec.sigmoid import SigmoidFocalSpec
 from .common import chunk_slices, class_view, finish, focal_modulator, one_hot, reduce_composite
-from .softmax import poly_factor, poly_power, scheduled_gamma, scheduled_modulator
+from .softmax import poly_factor, poly_power, scheduled_gamma, scheduled_modulator, select_gamma
 
 
 def forward(spec: SigmoidFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -196,7 +197,7 @@ def _sigmoid_float_terms(
     ce = sp_pos.mul_(t).addcmul_(t_neg, sp_neg)
     u = torch.mul(t_neg, p).addcmul_(t, q)  # 1 - p_t
     if len(opt.thresholds) > 0:  # gamma per element from the detached p_t
-        gamma = scheduled_gamma(torch.mul(t, p).addcmul_(t_neg, q), opt.thresholds, opt.values)
+        gamma = select_gamma(torch.mul(t, p).addcmul_(t_neg, q), opt.thresholds, opt.values)
     scheduled = isinstance(gamma, Tensor)
     pos_a, neg_a = _alpha_factors(opt.alpha)
     coef = t * pos_a + t_neg * neg_a if opt.alpha is not None else None
@@ -264,10 +265,16 @@ def _negative_schedule(
     """The negatives with a schedule (no Poly-1), in the passes of ``_negative_terms`` plus the
     selection of gamma: ``p ** gamma = exp(-gamma * softplus(-x))`` (``log p`` is at hand) and
     the gradient ``(p - q ce (-gamma)) w a p ** gamma``. ``p``, ``q``, ``sp_pos`` are used up."""
-    neg_gamma = scheduled_gamma(q, opt.thresholds, opt.values, sign=-1.0)
-    wm = sp_pos.mul_(neg_gamma).exp_()  # p ** gamma
-    if opt.alpha is not None:
-        wm.mul_(_alpha_factors(opt.alpha)[1])
+    neg_gamma = select_gamma(q, opt.thresholds, opt.values, sign=-1.0)
+    if opt.alpha is None:
+        wm = sp_pos.mul_(neg_gamma).exp_()  # p ** gamma
+    else:  # (1 - alpha) p ** gamma = exp(log(1 - alpha) - gamma softplus(-x)): one pass less
+        alpha = opt.alpha
+        if isinstance(alpha, Tensor):
+            log_a = torch.log1p(-alpha)
+        else:  # a fill, not a host-to-device copy; alpha = 1 gives log 0 = -inf, a factor 0
+            log_a = p.new_full((), math.log1p(-alpha) if alpha < 1.0 else -math.inf)
+        wm = torch.addcmul(log_a, sp_pos, neg_gamma).exp_()
     if opt.weight is not None:
         wm.mul_(opt.weight)
     loss = ce * wm
@@ -351,7 +358,7 @@ def _sigmoid_index_terms(
         loss, grad = _negative_schedule(p, q, sp_pos, ce, opt, need_grad=need_grad)
     else:
         if scheduled:  # a negative's p_t is 1 - p
-            gamma = scheduled_gamma(q, opt.thresholds, opt.values)
+            gamma = select_gamma(q, opt.thresholds, opt.values)
         if opt.poly1 != 0.0:
             loss, grad = _negative_extras(p, q, sp_pos, ce, gamma, opt, need_grad=need_grad)
         else:
@@ -362,7 +369,7 @@ def _sigmoid_index_terms(
     idx = target.clamp(max=num_classes - 1).unsqueeze(1)
     x_t = x.gather(1, idx)
     p_t, q_t, ce_t, _ = _logistic(x_t)
-    gamma_t = scheduled_gamma(p_t, opt.thresholds, opt.values) if scheduled else gamma
+    gamma_t = select_gamma(p_t, opt.thresholds, opt.values) if scheduled else gamma
     pw_t = None if opt.pos_weight is None else opt.pos_weight.gather(1, idx).to(x.dtype)
     if pw_t is not None:
         ce_t = ce_t * pw_t

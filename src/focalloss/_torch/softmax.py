@@ -45,6 +45,9 @@ passes), so the code below reuses buffers it owns with in-place operations.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import struct
 from typing import NamedTuple
 
 import torch
@@ -119,6 +122,51 @@ def scheduled_gamma(
     for bound, value in zip(thresholds, values[1:], strict=True):
         gamma = torch.where(p_t >= bound, p_t.new_full((), sign * value), gamma)
     return gamma
+
+
+def select_gamma(
+    p_t: Tensor, thresholds: tuple[float, ...], values: tuple[float, ...], sign: float = 1.0
+) -> Tensor:
+    """``scheduled_gamma`` for the closed forms, in fast passes (a bool mask and ``where`` cost
+    several times more on the CPU): each threshold is a 0/1 step written as floats by the
+    comparison, and gamma is ``v_0 + sum_k (v_k - v_(k-1)) step_k`` where that sum is exact in
+    the compute dtype (integer and half-integer values, FLSD-53), else selected by ``lerp``
+    (exact at the weights 0 and 1)."""
+    signed = tuple(sign * v for v in values)
+    dtype = p_t.dtype
+    if _exact_steps(signed, dtype == torch.float64):
+        gamma = None
+        for k, bound in enumerate(thresholds):
+            step = torch.ge(p_t, bound, out=torch.empty_like(p_t))
+            step.mul_(signed[k + 1] - signed[k])
+            gamma = step.add_(signed[0]) if gamma is None else gamma.add_(step)
+        assert gamma is not None
+        return gamma
+    gamma = torch.full_like(p_t, signed[0])
+    for bound, value in zip(thresholds, signed[1:], strict=True):
+        step = torch.ge(p_t, bound, out=torch.empty_like(p_t))
+        gamma = torch.lerp(gamma, torch.full_like(p_t, value), step)
+    return gamma
+
+
+@functools.lru_cache(maxsize=64)
+def _exact_steps(values: tuple[float, ...], double: bool) -> bool:
+    """Whether ``v_0 + d_1 + ... + d_k`` (``d_j = v_j - v_(j-1)`` as a Python float) equals
+    ``v_k`` exactly at every ``k``, in float64 (``double``) or float32 arithmetic, rounded as
+    the tensor operations round. The steps of increasing thresholds turn on in order, so these
+    partial sums are the only values ``select_gamma`` forms."""
+
+    def rounded(x: float) -> float:
+        return x if double else struct.unpack("f", struct.pack("f", x))[0]
+
+    start = rounded(values[0])
+    diffs = [rounded(b - a) for a, b in itertools.pairwise(values)]
+    total = start
+    for k, d in enumerate(diffs, start=1):
+        total = rounded(total + d)
+        if total != rounded(values[k]):
+            return False
+    return True
 
 
 def scheduled_modulator(u: Tensor, gamma: Tensor, detach: bool) -> Tensor:
@@ -381,7 +429,7 @@ def _dense_forward(
         else:
             p = lp.exp()
             big_p = torch.mul(q_dist, p).sum(1)
-        focal_gamma = scheduled_gamma(big_p, extras.thresholds, extras.values)
+        focal_gamma = select_gamma(big_p, extras.thresholds, extras.values)
     scheduled = isinstance(focal_gamma, Tensor)
     class_gamma = focal_gamma.unsqueeze(1) if scheduled else focal_gamma
 
@@ -393,7 +441,11 @@ def _dense_forward(
             p = lp.exp() if p is None else p  # kept for the gradient
             c = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(class_gamma).add_(1.0)
         km.neg_()
-        if scheduled or gamma != 1.0:
+        if scheduled and 0.0 not in extras.values:
+            # exp(gamma log(1 - p)): several times cheaper than pow with a tensor exponent on
+            # the CPU (the kernels' form too); a piece of gamma 0 needs pow's 0 ** 0 = 1.
+            km.log_().mul_(class_gamma).exp_()
+        elif scheduled or gamma != 1.0:
             km.pow_(class_gamma)
         km.mul_(dense_k)  # k * m
     else:
@@ -504,7 +556,7 @@ def _hard_forward(
     p_t = None
     if extras.scheduled:
         p_t = lp_t.exp()
-        focal_gamma = scheduled_gamma(p_t, extras.thresholds, extras.values)
+        focal_gamma = select_gamma(p_t, extras.thresholds, extras.values)
     coef = class_coef[target] if class_coef is not None else None
     if extras.poly1 != 0.0:  # + e * w_t * (1 - p_t) ** (gamma + 1), folded into s
         weight_t = None if extras.poly_weight is None else extras.poly_weight[target]
