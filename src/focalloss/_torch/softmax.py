@@ -106,6 +106,11 @@ class Extras(NamedTuple):
     def active(self) -> bool:
         return self.scheduled or self.poly1 != 0.0
 
+    @property
+    def zero_free(self) -> bool:
+        """No piece of the schedule has gamma 0 (``tensor_power`` may take logarithms)."""
+        return 0.0 not in self.values
+
 
 NO_EXTRAS = Extras()
 
@@ -201,8 +206,19 @@ def poly_factor(
     return mp.mul_(epsilon * (gamma + 1.0))
 
 
+def tensor_power(u: Tensor, gamma: Tensor, zero_free: bool) -> Tensor:
+    """``u ** gamma`` in place for a tensor ``gamma``: as ``exp(gamma log u)`` when no gamma is
+    0 (several times cheaper than ``pow`` with a tensor exponent on the CPU), else by ``pow``
+    (``0 ** 0 = 1``, where ``exp(0 * log 0)`` would be NaN)."""
+    return u.log_().mul_(gamma).exp_() if zero_free else u.pow_(gamma)
+
+
 def hard_target_terms(
-    lp_t: Tensor, gamma: float | Tensor, detach_modulator: bool, p_t: Tensor | None = None
+    lp_t: Tensor,
+    gamma: float | Tensor,
+    detach_modulator: bool,
+    p_t: Tensor | None = None,
+    zero_free: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Per-position factors of the focal term of one class, from its log-probability ``lp_t``.
 
@@ -214,7 +230,7 @@ def hard_target_terms(
     """
     q = torch.expm1(lp_t)  # p - 1, exact near p = 1
     if isinstance(gamma, Tensor):
-        m = q.neg().pow_(gamma)  # 0 ** 0 = 1: a piece of gamma 0 is the cross-entropy
+        m = tensor_power(q.neg(), gamma, zero_free)  # 0 ** 0 = 1 for a piece of gamma 0
     elif gamma == 0.0:
         return lp_t.clone(), None, q
     else:
@@ -238,6 +254,7 @@ def hard_poly_terms(
     weight_t: Tensor | None,
     need_grad: bool,
     p_t: Tensor | None = None,
+    zero_free: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """The focal and Poly-1 terms of a hard target together, in few per-position passes.
 
@@ -249,7 +266,7 @@ def hard_poly_terms(
     q = torch.expm1(lp_t)  # p - 1, exact near p = 1
     scheduled = isinstance(gamma, Tensor)
     if scheduled:
-        m: Tensor | None = q.neg().pow_(gamma)
+        m: Tensor | None = tensor_power(q.neg(), gamma, zero_free)
     elif gamma == 0.0:
         m = None
     else:
@@ -441,11 +458,9 @@ def _dense_forward(
             p = lp.exp() if p is None else p  # kept for the gradient
             c = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(class_gamma).add_(1.0)
         km.neg_()
-        if scheduled and 0.0 not in extras.values:
-            # exp(gamma log(1 - p)): several times cheaper than pow with a tensor exponent on
-            # the CPU (the kernels' form too); a piece of gamma 0 needs pow's 0 ** 0 = 1.
-            km.log_().mul_(class_gamma).exp_()
-        elif scheduled or gamma != 1.0:
+        if scheduled:  # the kernels' exp(gamma log(1 - p)) where no piece is 0 (tensor_power)
+            tensor_power(km, class_gamma, extras.zero_free)
+        elif gamma != 1.0:
             km.pow_(class_gamma)
         km.mul_(dense_k)  # k * m
     else:
@@ -467,7 +482,9 @@ def _dense_forward(
         hard_k = (1.0 - eps) * (
             class_coef[target] if class_coef is not None else torch.ones_like(lp_t)
         )
-        nl, hard_s, q_t = hard_target_terms(lp_t, focal_gamma, detach_modulator)
+        nl, hard_s, q_t = hard_target_terms(
+            lp_t, focal_gamma, detach_modulator, zero_free=extras.zero_free
+        )
         loss.sub_(nl.mul_(hard_k))
         hard_ng = hard_k if hard_s is None else hard_s.mul_(hard_k)
 
@@ -561,11 +578,19 @@ def _hard_forward(
     if extras.poly1 != 0.0:  # + e * w_t * (1 - p_t) ** (gamma + 1), folded into s
         weight_t = None if extras.poly_weight is None else extras.poly_weight[target]
         loss, s, q = hard_poly_terms(
-            lp_t, focal_gamma, detach_modulator, coef, extras.poly1, weight_t, need_grad, p_t
+            lp_t,
+            focal_gamma,
+            detach_modulator,
+            coef,
+            extras.poly1,
+            weight_t,
+            need_grad,
+            p_t,
+            extras.zero_free,
         )
         coef = None  # s holds it
     else:
-        nl, s, q = hard_target_terms(lp_t, focal_gamma, detach_modulator, p_t)
+        nl, s, q = hard_target_terms(lp_t, focal_gamma, detach_modulator, p_t, extras.zero_free)
         loss = nl.neg_() if coef is None else nl.mul_(coef).neg_()
     if ignored is not None:
         loss.masked_fill_(ignored, 0.0)
