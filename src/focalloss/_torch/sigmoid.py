@@ -11,7 +11,14 @@ from torch import Tensor
 
 from .._spec.sigmoid import SigmoidFocalSpec
 from .common import chunk_slices, class_view, finish, focal_modulator, one_hot, reduce_composite
-from .softmax import poly_factor, poly_power, scheduled_gamma, scheduled_modulator, select_gamma
+from .softmax import (
+    poly_factor,
+    poly_power,
+    scheduled_gamma,
+    scheduled_modulator,
+    select_gamma,
+    tensor_power,
+)
 
 
 def forward(spec: SigmoidFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -204,7 +211,7 @@ def _sigmoid_float_terms(
     if opt.weight is not None:
         coef = opt.weight.to(x.dtype) if coef is None else coef.mul_(opt.weight)
     if scheduled:
-        m = u.pow(gamma)
+        m = tensor_power(u.clone(), gamma, 0.0 not in opt.values)
     else:
         m = None if gamma == 0.0 else (u.square() if gamma == 2.0 else u.pow(gamma))
     mp = poly_power(u, gamma) if opt.poly1 != 0.0 else None  # u ** gamma of the Poly-1 term
@@ -374,7 +381,7 @@ def _sigmoid_index_terms(
     if pw_t is not None:
         ce_t = ce_t * pw_t
     if scheduled:
-        wm_t = q_t.pow(gamma_t)
+        wm_t = tensor_power(q_t.clone(), gamma_t, 0.0 not in opt.values)
     else:
         wm_t = None if gamma == 0.0 else (q_t.square() if gamma == 2.0 else q_t.pow(gamma))
     if opt.alpha is not None:
