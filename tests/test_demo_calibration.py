@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-import focalloss
 from focalloss.cli import main
 
 pytest.importorskip("sklearn")
@@ -37,14 +36,12 @@ def test_long_tailed_splits():
     assert cal.make_splits(x, y, seed=5).class_order != a.class_order
 
 
-def test_loss_table_entries_wait_for_their_features(monkeypatch):
-    names = cal.available_losses()
-    assert names[:3] == ("ce", "ce_ls", "focal3")
-    assert ("flsd53" in names) == hasattr(focalloss, "GammaSchedule")
-    monkeypatch.delattr(focalloss, "GammaSchedule", raising=False)
-    assert "flsd53" not in cal.available_losses()
-    with pytest.raises(ValueError, match=r"'flsd53' .* needs a newer focalloss"):
-        cal.loss_entry("flsd53")
+def test_every_issue_loss_runs_by_default():
+    """Issue 15's calibration losses, all in the default list, CE first (the baseline)."""
+    expected = ("ce", "ce_ls", "focal3", "flsd53", "poly1")
+    assert expected == cal.LOSSES
+    assert cal.CalibrationConfig().losses == expected
+    assert cal.CalibrationConfig.quick().losses == expected
     with pytest.raises(ValueError, match="losses: expected names from"):
         cal.loss_entry("mse")
 
@@ -64,9 +61,9 @@ def test_table_losses_against_formulas():
         "flsd53": (torch.where(p_t < 0.2, (1 - p_t) ** 5, (1 - p_t) ** 3) * ce).mean(),
         "poly1": (ce + (1 - p_t)).mean(),
     }
+    assert set(refs) == set(cal.LOSSES)
     for entry in cal.LOSS_TABLE:
-        if entry.available():
-            torch.testing.assert_close(entry.fn(logits, labels), refs[entry.name])
+        torch.testing.assert_close(entry.fn(logits, labels), refs[entry.name])
 
 
 def test_calibration_quick_end_to_end(tmp_path):
@@ -75,7 +72,7 @@ def test_calibration_quick_end_to_end(tmp_path):
     assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["demo"] == "calibration" and metrics["baseline"] == "ce"
-    assert metrics["losses"] == list(cal.available_losses())
+    assert metrics["losses"] == ["ce", "ce_ls", "focal3", "flsd53", "poly1"]
     assert metrics["ece_bins"] == 15
     for key in ("config", "machine", "data", "summary", "differences", "reliability_pooled"):
         assert key in metrics

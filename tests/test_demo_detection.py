@@ -167,16 +167,25 @@ def test_alpha_balanced_bce_entry_against_the_formula():
     torch.testing.assert_close(entry(logits, labels, scores, num_pos, "mean"), ref.sum() / num_pos)
 
 
-def test_loss_table_entries_wait_for_their_functions(monkeypatch):
-    names = det.available_losses()
-    assert names[:3] == ("bce", "focal", "focal_no_prior")
-    assert ("vfl" in names) == hasattr(focalloss, "varifocal_loss")
-    assert ("qfl" in names) == hasattr(focalloss, "quality_focal_loss")
-    monkeypatch.delattr(focalloss, "varifocal_loss", raising=False)
-    assert "vfl" not in det.available_losses()
-    assert "vfl" not in det.DetectionConfig().losses
-    with pytest.raises(ValueError, match=r"'vfl' needs focalloss\.varifocal_loss"):
-        det.loss_entry("vfl")
+def test_every_issue_loss_runs_by_default():
+    """Issue 15's detection losses, all in the default list, BCE first (the baseline), each
+    calling a public focalloss function."""
+    expected = ("bce", "focal", "focal_no_prior", "vfl", "qfl")
+    assert expected == det.LOSSES
+    assert det.DetectionConfig().losses == expected
+    assert det.DetectionConfig.quick().losses == expected
+    functions = {e.name: (e.function, e.prior_init, e.quality) for e in det.LOSS_TABLE}
+    assert functions == {
+        "bce": ("bce", True, False),
+        "focal": ("sigmoid_focal_loss", True, False),
+        "focal_no_prior": ("sigmoid_focal_loss", False, False),
+        "vfl": ("varifocal_loss", True, True),
+        "qfl": ("quality_focal_loss", True, True),
+    }
+    for function, _, _ in functions.values():
+        assert function == "bce" or function in focalloss.__all__
+    with pytest.raises(ValueError, match="losses: expected names from"):
+        det.loss_entry("ghm")
 
 
 @pytest.mark.parametrize("name", ["vfl", "qfl"])
@@ -184,9 +193,7 @@ def test_iou_aware_entries_against_their_formulas(name):
     """The entries call varifocal / quality focal loss in the index + score form with the
     IoU-aware scores; their elementwise values against float64 re-statements of Zhang et al.'s
     and Li et al.'s formulas."""
-    entry = next(e for e in det.LOSS_TABLE if e.name == name)
-    if not entry.available():
-        pytest.skip(f"focalloss.{entry.function} is not in this version")
+    entry = det.loss_entry(name)
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(40, C, generator=g, dtype=torch.float64)
     labels = torch.randint(0, C + 1, (40,), generator=g)
@@ -210,7 +217,7 @@ def test_detection_quick_end_to_end(tmp_path):
     assert (out / "detection.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["demo"] == "detection" and metrics["baseline"] == "bce"
-    assert metrics["losses"] == list(det.available_losses())
+    assert metrics["losses"] == ["bce", "focal", "focal_no_prior", "vfl", "qfl"]
     for key in ("config", "machine", "loss_table", "data", "summary", "differences", "sentences"):
         assert key in metrics
     assert set(metrics["loss_table"]) == {"bce", "focal", "focal_no_prior", "vfl", "qfl"}

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="segmentation",
         choices=["segmentation", "detection", "calibration"],
         help="segmentation: U-Net, CE vs focal; detection: one-stage detector, BCE vs focal "
-        "(with/without prior init), COCO AP; calibration: long-tailed digits, ECE/NLL",
+        "(with/without prior init), varifocal, quality focal, COCO AP; calibration: "
+        "long-tailed digits, CE vs label smoothing, focal gamma 3, FLSD-53, Poly-1, ECE/NLL",
     )
     demo.add_argument(
         "--seeds",
@@ -81,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--losses",
         default=None,
-        help="comma list; segmentation: ce,focal,seed; detection: bce,focal,focal_no_prior"
-        "[,vfl,qfl]; calibration: ce,ce_ls,focal3[,flsd53,poly1]; the first is the baseline",
+        help="comma list, the first is the baseline; segmentation: ce,focal,seed (default "
+        "ce,focal); detection: bce,focal,focal_no_prior,vfl,qfl (default all); calibration: "
+        "ce,ce_ls,focal3,flsd53,poly1 (default all)",
     )
     demo.add_argument("--steps", type=int, default=None, help="training steps per run")
     demo.add_argument("--batch-size", type=int, default=None)

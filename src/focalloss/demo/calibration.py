@@ -11,9 +11,9 @@ before and after temperature scaling. This demo checks that claim at a small sca
   images, imbalance ratio 10).
 * Model: an MLP (64 -> 128 -> 128 -> 10, ReLU), Adam, trained long enough to fit the
   training set (where cross-entropy becomes over-confident).
-* Losses: a table of named configurations (``LOSS_TABLE``): CE, CE with label smoothing 0.05,
-  ``focal_loss`` gamma 3; FLSD-53 (``GammaSchedule.flsd53()`` as gamma) and Poly-1 CE
-  (``poly1_epsilon=1``) join when this version of focalloss has them.
+* Losses: a table of named configurations (``LOSS_TABLE``), all run by default: CE (the
+  baseline), CE with label smoothing 0.05, ``focal_loss`` gamma 3, FLSD-53
+  (``GammaSchedule.flsd53()`` as gamma) and Poly-1 CE (``poly1_epsilon=1``).
 * Metrics on the test split: accuracy, ECE (15 equal-width bins) and NLL, before and after
   temperature scaling (``T`` fitted by NLL on the held-out split).
 """
@@ -21,7 +21,6 @@ before and after temperature scaling. This demo checks that claim at a small sca
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import os
 from collections.abc import Callable
@@ -64,19 +63,13 @@ TEST_PER_CLASS, VAL_PER_CLASS = 60, 20
 HEAD_SIZE, IMBALANCE = 90, 10.0
 
 
-def _poly1_available() -> bool:
-    return "poly1_epsilon" in inspect.signature(focalloss.focal_loss).parameters
-
-
 @dataclass(frozen=True)
 class CalibrationLoss:
-    """A named training-loss configuration: ``fn(logits, labels) -> loss`` and whether this
-    version of focalloss has what it needs."""
+    """A named training-loss configuration: ``fn(logits, labels) -> loss``."""
 
     name: str
     description: str
     fn: Callable[[Tensor, Tensor], Tensor]
-    available: Callable[[], bool] = lambda: True
 
 
 def _flsd53(logits: Tensor, labels: Tensor) -> Tensor:
@@ -84,10 +77,10 @@ def _flsd53(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def _poly1(logits: Tensor, labels: Tensor) -> Tensor:
-    return focalloss.focal_loss(logits, labels, gamma=0.0, poly1_epsilon=1.0)  # type: ignore[call-arg]
+    return focalloss.focal_loss(logits, labels, gamma=0.0, poly1_epsilon=1.0)
 
 
-#: Every configuration the demo knows; the first is the baseline.
+#: Every configuration the demo knows (all run by default); the first is the baseline.
 LOSS_TABLE: tuple[CalibrationLoss, ...] = (
     CalibrationLoss("ce", "cross-entropy (F.cross_entropy)", lambda x, y: F.cross_entropy(x, y)),
     CalibrationLoss(
@@ -102,30 +95,19 @@ LOSS_TABLE: tuple[CalibrationLoss, ...] = (
         "flsd53",
         "focal_loss with gamma=GammaSchedule.flsd53() (5 for p_t < 0.2, else 3)",
         _flsd53,
-        lambda: hasattr(focalloss, "GammaSchedule"),
     ),
     CalibrationLoss(
         "poly1",
         "Poly-1 cross-entropy: focal_loss gamma 0, poly1_epsilon 1",
         _poly1,
-        _poly1_available,
     ),
 )
 LOSSES = tuple(entry.name for entry in LOSS_TABLE)
 
 
-def available_losses() -> tuple[str, ...]:
-    return tuple(entry.name for entry in LOSS_TABLE if entry.available())
-
-
 def loss_entry(name: str) -> CalibrationLoss:
     for entry in LOSS_TABLE:
         if entry.name == name:
-            if not entry.available():
-                raise ValueError(
-                    f"losses: {name!r} ({entry.description}) needs a newer focalloss than this "
-                    f"one; available: {available_losses()}"
-                )
             return entry
     raise ValueError(f"losses: expected names from {LOSSES}, got {name!r}")
 
@@ -140,7 +122,7 @@ class CalibrationConfig:
     batch_size: int = 64
     hidden: int = 128
     lr: float = 1e-3
-    losses: tuple[str, ...] = field(default_factory=available_losses)
+    losses: tuple[str, ...] = LOSSES
     device: str = "cpu"
     out: str = "focalloss-demo/calibration"
     threads: int | None = 1  # torch threads per process; see the module docstring of .common
@@ -392,7 +374,6 @@ def run_calibration(
     spec = metric_list()
     baseline = entries[0].name
     summary, differences, sentences = summarise(per_seed, baseline, spec)
-    missing = [e.name for e in LOSS_TABLE if not e.available()]
     header = "\n".join(
         [
             f"calibration: digits, long-tailed training set ({sum(data_stats[0]['train_counts'])} "
@@ -401,11 +382,6 @@ def run_calibration(
             f"{config.steps} steps of batch {config.batch_size}; ECE with {ECE_BINS} bins; "
             "TS = temperature scaling",
             *(f"  {e.name}: {e.description}" for e in entries),
-            *(
-                [f"  not in this focalloss version (skipped): {', '.join(missing)}"]
-                if missing
-                else []
-            ),
         ]
     )
     table = "\n".join(
@@ -417,9 +393,7 @@ def run_calibration(
         "demo": "calibration",
         "command": command,
         "config": {**asdict(config), "losses": list(config.losses)},
-        "loss_table": {
-            e.name: {"description": e.description, "available": e.available()} for e in LOSS_TABLE
-        },
+        "loss_table": {e.name: {"description": e.description} for e in LOSS_TABLE},
         "machine": machine,
         "wall_seconds": wall,
         "seeds": seeds,

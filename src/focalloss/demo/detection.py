@@ -13,9 +13,10 @@ every location, and the background anchors outnumber the object anchors by more 
   (6 to 17 px, two per octave): 4096 anchors per image. Anchors with IoU >= 0.5 with an object
   are positive (and each object's best anchor), < 0.4 background, in between ignored
   (RetinaNet's rule): about 1,400 background anchors per positive anchor.
-* Classification losses: a table of named configurations (``LOSS_TABLE``); the box branch is
-  the same smooth-L1 on the encoded offsets for all of them. Entries whose function this
-  version of focalloss does not have (``varifocal_loss``, ``quality_focal_loss``) are skipped.
+* Classification losses: a table of named configurations (``LOSS_TABLE``), all run by
+  default: alpha-balanced BCE (the baseline), ``sigmoid_focal_loss`` with and without the
+  prior-bias init, ``varifocal_loss`` and ``quality_focal_loss`` (IoU-aware targets). The box
+  branch is the same smooth-L1 on the encoded offsets for all of them.
 * Metrics: COCO AP and AP50 (pycocotools), the share of the classification loss carried by
   easy negatives (negative anchor-class pairs with ``p < 0.1``) on the validation set.
 """
@@ -317,7 +318,7 @@ class DetectionLoss:
     or the name of a focalloss function, called as ``function(logits (M, C), labels (M,)
     [, scores (M,)], **kwargs, reduction=..., normalizer=num_pos)`` with class-index targets
     (``C`` = background) and, for IoU-aware losses (``quality=True``), the score of
-    :func:`quality_scores`. The entry is available when focalloss has the function.
+    :func:`quality_scores`.
     """
 
     name: str
@@ -326,9 +327,6 @@ class DetectionLoss:
     kwargs: dict[str, object] = field(default_factory=dict)
     prior_init: bool = True
     quality: bool = False
-
-    def available(self) -> bool:
-        return self.function == "bce" or hasattr(focalloss, self.function)
 
     def __call__(
         self, logits: Tensor, labels: Tensor, scores: Tensor, num_pos: float, reduction: str
@@ -362,7 +360,7 @@ class DetectionLoss:
         return pairs.reshape(logits.shape)
 
 
-#: Every configuration the demo knows; the first is the baseline.
+#: Every configuration the demo knows (all run by default); the first is the baseline.
 LOSS_TABLE: tuple[DetectionLoss, ...] = (
     DetectionLoss(
         "bce",
@@ -401,18 +399,9 @@ LOSS_TABLE: tuple[DetectionLoss, ...] = (
 LOSSES = tuple(entry.name for entry in LOSS_TABLE)
 
 
-def available_losses() -> tuple[str, ...]:
-    return tuple(entry.name for entry in LOSS_TABLE if entry.available())
-
-
 def loss_entry(name: str) -> DetectionLoss:
     for entry in LOSS_TABLE:
         if entry.name == name:
-            if not entry.available():
-                raise ValueError(
-                    f"losses: {name!r} needs focalloss.{entry.function}, which this version of "
-                    f"focalloss does not have; available: {available_losses()}"
-                )
             return entry
     raise ValueError(f"losses: expected names from {LOSSES}, got {name!r}")
 
@@ -433,7 +422,7 @@ class DetectionConfig:
     train_images: int = 1024
     val_images: int = 128
     lr: float = 1e-3
-    losses: tuple[str, ...] = field(default_factory=available_losses)
+    losses: tuple[str, ...] = LOSSES
     device: str = "cpu"
     out: str = "focalloss-demo/detection"
     threads: int | None = 1  # torch threads per process; see the module docstring of .common
@@ -766,7 +755,6 @@ def run_detection(
     summary, differences, sentences = summarise(per_seed, baseline, spec)
     ratio = [d["negatives_per_positive_anchor"] for d in data_stats]
     ratio_el = [d["negatives_per_positive_element"] for d in data_stats]
-    missing = [e.name for e in LOSS_TABLE if not e.available()]
     header = "\n".join(
         [
             f"detection: {config.train_images} train / {config.val_images} val images of "
@@ -775,11 +763,6 @@ def run_detection(
             f"anchors per positive anchor {min(ratio):.0f}-{max(ratio):.0f} "
             f"(negative per positive anchor-class pair {min(ratio_el):.0f}-{max(ratio_el):.0f})",
             *(f"  {e.name}: {e.description}" for e in entries),
-            *(
-                [f"  not in this focalloss version (skipped): {', '.join(missing)}"]
-                if missing
-                else []
-            ),
         ]
     )
     table = "\n".join(
@@ -797,7 +780,6 @@ def run_detection(
                 "function": e.function,
                 "kwargs": e.kwargs,
                 "prior_init": e.prior_init,
-                "available": e.available(),
             }
             for e in LOSS_TABLE
         },
