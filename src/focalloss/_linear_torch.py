@@ -59,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._torch.softmax import scheduled_gamma, select_gamma
+
 # Bytes of chunk work per call (see ``plan``), by device type.
 BUDGET_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}
 # Below this many rows per chunk the matmuls lose efficiency: use class blocks instead.
@@ -77,6 +79,18 @@ class Spec(NamedTuple):
     z_loss: float
     ignore_index: int
     has_ignore: bool
+    # A GammaSchedule of at least two pieces (``gamma`` is then NaN); empty for a number.
+    thresholds: tuple[float, ...] = ()
+    values: tuple[float, ...] = ()
+
+    @property
+    def scheduled(self) -> bool:
+        return len(self.thresholds) > 0
+
+    @property
+    def zero_free(self) -> bool:
+        """No piece of the schedule is 0 (``(1 - p) ** gamma`` may use logarithms)."""
+        return 0.0 not in self.values
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -141,6 +155,16 @@ class RowTerms(NamedTuple):
     zl: Tensor  # (n,) z-loss coefficient 2 lam lse, already scaled
     p_t: Tensor  # (n,)
     q_t: Tensor  # (n,) p_t - 1
+    gamma: float | Tensor  # spec.gamma, or (n,) per row from a schedule
+
+
+def row_gamma(p_t: Tensor, spec: Spec, num_classes: int) -> float | Tensor:
+    """``spec.gamma``, or the schedule's gamma of each row at the detached
+    ``P = (1 - eps) p_t + eps / V`` (``p_t`` without smoothing), as ``focal_loss`` selects it."""
+    if not spec.scheduled:
+        return spec.gamma
+    big_p = p_t if spec.eps == 0.0 else p_t * (1.0 - spec.eps) + spec.eps / num_classes
+    return select_gamma(big_p.detach(), spec.thresholds, spec.values)
 
 
 def row_terms(
@@ -155,19 +179,24 @@ def row_terms(
 ) -> RowTerms:
     """The per-row scalars of the module docstring, from ``lp_t`` and ``lse``.
 
-    ``row_scale``: each row's gradient factor (None for 1); ignored rows get 0 here.
+    ``row_scale``: each row's gradient factor (None for 1); ignored rows get 0 here. With a
+    schedule, ``gamma`` is a per-row tensor (``row_gamma``) in every formula: ``n`` values, so
+    it costs a few per-row operations, nothing per logit.
     """
-    gamma, eps = spec.gamma, spec.eps
+    eps = spec.eps
     q_t = torch.expm1(lp_t)  # p_t - 1, exact near p_t = 1
     p_t = torch.exp(lp_t)
+    gamma = row_gamma(p_t, spec, num_classes)
+    scheduled = isinstance(gamma, Tensor)
     hard_k = None if eps == 1.0 else (1.0 - eps) * (coef_t if coef_t is not None else 1.0)
     loss = torch.zeros_like(lp_t)
     b = torch.zeros_like(lp_t)
     if hard_k is not None:
-        if gamma == 0.0:
+        if not scheduled and gamma == 0.0:
             nl, s = lp_t, None
         else:
-            m = q_t.square() if gamma == 2.0 else q_t.neg().pow(gamma)
+            # pow with a tensor exponent: 0 ** 0 = 1 for a piece of gamma 0.
+            m = q_t.neg().pow(gamma) if scheduled or gamma != 2.0 else q_t.square()
             nl = m * lp_t
             # u = p lp / (p - 1) in [0, 1]; 0/0 (p = 1, where m = 0) and 0 * inf (p = 0) -> 0.
             u = torch.nan_to_num(p_t * lp_t / q_t, nan=0.0)
@@ -180,7 +209,7 @@ def row_terms(
             if eps == 0.0
             else q_t.neg() * (1.0 - eps) + (eps * (num_classes - 1) / num_classes)
         )
-        mp = torch.ones_like(one_minus) if gamma == 0.0 else one_minus.pow(gamma)
+        mp = torch.ones_like(one_minus) if not scheduled and gamma == 0.0 else one_minus.pow(gamma)
         factor = spec.poly1 if w_t is None else spec.poly1 * w_t
         loss = loss + factor * mp * one_minus
         if eps != 1.0:
@@ -196,30 +225,43 @@ def row_terms(
         scale = v if scale is None else v * scale
     if scale is not None:
         b, zl = b * scale, zl * scale
-    return RowTerms(loss, b, zl, p_t, q_t)
+    return RowTerms(loss, b, zl, p_t, q_t, gamma)
 
 
 def dense_terms(
-    y: Tensor, lse: Tensor, k: Tensor | float, gamma: float, want_grad: bool
+    y: Tensor,
+    lse: Tensor,
+    k: Tensor | float,
+    gamma: float | Tensor,
+    want_grad: bool,
+    zero_free: bool = True,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The smoothed part over one block of logits ``y`` (consumed: overwritten in place).
 
     Returns ``(loss_part, p, ng)``: ``-sum_c k_c m_c lp_c`` per row, and when ``want_grad``
-    ``p`` and ``ng = k m (1 + gamma u)`` of the block (fresh buffers).
+    ``p`` and ``ng = k m (1 + gamma u)`` of the block (fresh buffers). ``gamma`` is a number or
+    a per-row ``(n,)`` tensor (a schedule): then ``m = exp(gamma log(1 - p))`` in place, or
+    ``pow`` with the tensor exponent when a piece is 0 (``zero_free`` False; ``0 ** 0 = 1``).
     """
     lp = y.sub_(lse.unsqueeze(1))
-    p = torch.exp(lp) if (want_grad or gamma != 0.0) else None
+    scheduled = isinstance(gamma, Tensor)
+    p = torch.exp(lp) if (want_grad or (not scheduled and gamma != 0.0)) else None
     ng = None
-    if gamma == 0.0:
+    if not scheduled and gamma == 0.0:
         loss = (lp * k).sum(1).neg_() if isinstance(k, Tensor) else lp.sum(1).mul_(-k)
         if want_grad:
             ng = k.expand_as(lp).clone() if isinstance(k, Tensor) else torch.full_like(lp, k)
         return loss, p, ng
+    g = gamma.unsqueeze(1) if scheduled else gamma
     km = torch.expm1(lp)  # p - 1
     if want_grad:
-        ng = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(gamma).add_(1.0)  # 1 + g u
+        ng = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(g).add_(1.0)  # 1 + g u
     km.neg_()
-    if gamma == 2.0:
+    if scheduled and zero_free:  # exp(g log(1 - p)): exactly 0 at 1 - p = 0 for g > 0
+        km.log_().mul_(g).exp_()
+    elif scheduled:  # pow with the tensor exponent, 0 ** 0 = 1 (a piece of gamma 0)
+        km.pow_(g)
+    elif gamma == 2.0:
         km.square_()
     elif gamma != 1.0:
         km.pow_(gamma)
@@ -470,7 +512,7 @@ def _full_chunk(
     lse = torch.logsumexp(y, 1)
     terms = row_terms(y_t - lse, lse, valid, coef_t, w_t, row_scale, spec, num_classes)
     k = _dense_k(class_coef, spec.eps, num_classes, 0, num_classes)
-    dense_loss, p, ng = dense_terms(y, lse, k, spec.gamma, need_grad)
+    dense_loss, p, ng = dense_terms(y, lse, k, terms.gamma, need_grad, spec.zero_free)
     loss = terms.loss + (dense_loss if valid is None else dense_loss.masked_fill(~valid, 0.0))
     if need_grad:
         assert p is not None and ng is not None
@@ -563,7 +605,7 @@ def _blocked_chunk(
         for v0, v1 in blocks:
             y, _ = block_y(v0, v1, False)
             k = _dense_k(class_coef, spec.eps, num_classes, v0, v1)
-            part, _, ng = dense_terms(y, lse, k, spec.gamma, need_grad)
+            part, _, ng = dense_terms(y, lse, k, terms.gamma, need_grad, spec.zero_free)
             dense += part
             if ng is not None:
                 total += ng.sum(1)
@@ -582,7 +624,7 @@ def _blocked_chunk(
                 g.mul_(d)
         else:
             k = _dense_k(class_coef, spec.eps, num_classes, v0, v1)
-            _, g, ng = dense_terms(y, lse, k, spec.gamma, True)
+            _, g, ng = dense_terms(y, lse, k, terms.gamma, True, spec.zero_free)
             assert g is not None and ng is not None
             # S and b multiply p in every block; -b onehot only in the block of the target.
             b_here = torch.where(inside, terms.b, 0.0)
@@ -596,11 +638,13 @@ def _blocked_chunk(
 # --------------------------------------------------------------------------------------------
 
 
-def _modulator(u: Tensor, power: float) -> Tensor:
-    """``u ** power`` with a finite derivative where ``u = 0`` (the "double where")."""
+def _modulator(u: Tensor, power: float | Tensor) -> Tensor:
+    """``u ** power`` with a finite derivative where ``u = 0`` (the "double where"); ``power``
+    is a number ``> 0`` or a detached tensor ``>= 0`` (``0 ** 0 = 1``)."""
     positive = u > 0
     base = torch.where(positive, u, torch.ones_like(u))
-    return torch.where(positive, base.pow(power), torch.zeros_like(u))
+    at_zero = (power == 0).to(u.dtype) if isinstance(power, Tensor) else torch.zeros_like(u)
+    return torch.where(positive, base.pow(power), at_zero)
 
 
 def linear_focal_composite(
@@ -632,14 +676,22 @@ def linear_focal_composite(
     k = q if class_coef is None else q * class_coef
     lp_used = torch.where(k != 0, lp, 0.0)
     one_minus_p = -torch.expm1(lp)
-    terms = k * lp_used if spec.gamma == 0.0 else k * _modulator(one_minus_p, spec.gamma) * lp_used
+    gamma: float | Tensor = spec.gamma
+    if spec.scheduled:  # a constant of each row, from the detached P = sum_c q_c p_c
+        big_p = (q * lp.exp()).sum(1).detach()
+        gamma = scheduled_gamma(big_p, spec.thresholds, spec.values)
+        terms = k * _modulator(one_minus_p, gamma.unsqueeze(1)) * lp_used
+    elif spec.gamma == 0.0:
+        terms = k * lp_used
+    else:
+        terms = k * _modulator(one_minus_p, spec.gamma) * lp_used
     loss = -terms.sum(1)
     if spec.poly1 != 0.0:
         lp_t = lp.gather(1, idx.unsqueeze(1)).squeeze(1)
         one_minus = -torch.expm1(lp_t) * (1.0 - spec.eps) + (
             spec.eps * (num_classes - 1) / num_classes
         )
-        poly = _modulator(one_minus, spec.gamma + 1.0)
+        poly = _modulator(one_minus, gamma + 1.0)
         w = spec.poly1 if target_weight is None else spec.poly1 * target_weight[idx]
         loss = loss + w * poly
     if spec.z_loss != 0.0:
@@ -680,11 +732,13 @@ def linear_focal_op(
     need_classifier_grad: bool,
     need_bias_grad: bool,
     use_triton: bool,
+    gamma_thresholds: list[float],
+    gamma_values: list[float],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(loss, grad_input, grad_classifier, grad_bias)`` (see ``linear_focal_chunks``); an
     opaque node with a fake implementation for ``torch.compile``."""
     spec = Spec(gamma, label_smoothing, poly1_epsilon, logit_softcap, z_loss, ignore_index,
-                has_ignore)  # fmt: skip
+                has_ignore, tuple(gamma_thresholds), tuple(gamma_values))  # fmt: skip
     return linear_focal_chunks(
         input, classifier, bias, target, class_coef, target_weight, grad_scale, grad_rows,
         spec, chunk_size, per_row, need_input_grad, need_classifier_grad, need_bias_grad,
@@ -696,7 +750,7 @@ def linear_focal_op(
 def _(input, classifier, bias, target, class_coef, target_weight, grad_scale, grad_rows, gamma,
       label_smoothing, poly1_epsilon, logit_softcap, z_loss, ignore_index, has_ignore,
       chunk_size, per_row, need_input_grad, need_classifier_grad, need_bias_grad,
-      use_triton):  # fmt: skip
+      use_triton, gamma_thresholds, gamma_values):  # fmt: skip
     cdtype = compute_dtype(input.dtype)
     loss = input.new_empty(input.shape[:1] if per_row else (), dtype=cdtype)
     gi = torch.empty_like(input) if need_input_grad else input.new_empty(0)
@@ -735,6 +789,7 @@ class Call(NamedTuple):
             self.grad_scale, grad_rows, s.gamma, s.eps, s.poly1, s.softcap, s.z_loss,
             s.ignore_index, s.has_ignore, self.chunk_size,
             self.per_row and grad_rows is None, *needs, self.use_triton,
+            list(s.thresholds), list(s.values),
         )  # fmt: skip
 
     def composite(self, input: Tensor, classifier: Tensor, bias: Tensor | None) -> Tensor:

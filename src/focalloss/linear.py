@@ -21,6 +21,8 @@ from torch import Tensor, nn
 
 from . import _validation as V
 from ._linear_torch import Call, LinearFocalFunction, Spec, compute_dtype
+from ._spec.softmax import check_gamma_or_schedule
+from .schedules import GammaSchedule
 
 __all__ = ["LinearFocalLoss", "linear_focal_loss"]
 
@@ -33,7 +35,7 @@ def linear_focal_loss(
     target: Tensor,
     bias: Tensor | None = None,
     *,
-    gamma: float = 2.0,
+    gamma: float | GammaSchedule = 2.0,
     alpha: float | Sequence[float] | Tensor | None = None,
     weight: Sequence[float] | Tensor | None = None,
     ignore_index: int | None = -100,
@@ -146,7 +148,9 @@ def linear_focal_loss(
     if bias is not None:
         V.check_tensor("bias", bias)
     V.check_reduction(reduction)
-    gamma = V.check_gamma(gamma)
+    # A schedule of one value becomes its number (bit for bit the constant path); otherwise
+    # gamma is NaN and the pieces travel as constants (see focalloss.schedules).
+    gamma, thresholds, values = check_gamma_or_schedule(gamma)
     label_smoothing = V.check_unit_interval("label_smoothing", label_smoothing)
     V.check_ignore_index(ignore_index)
     poly1_epsilon = _check_real("poly1_epsilon", poly1_epsilon)
@@ -232,6 +236,8 @@ def linear_focal_loss(
         z_loss,
         -100 if ignore_index is None else int(ignore_index),
         has_ignore,
+        thresholds,
+        values,
     )
     call = Call(t, class_coef, weight_vec, grad_scale, spec, chunk, reduction == "none", use_triton)
     if _functorch_active():
@@ -275,7 +281,7 @@ class LinearFocalLoss(nn.Module):
 
     def __init__(
         self,
-        gamma: float = 2.0,
+        gamma: float | GammaSchedule = 2.0,
         alpha: float | Sequence[float] | Tensor | None = None,
         weight: Sequence[float] | Tensor | None = None,
         ignore_index: int | None = -100,
@@ -288,7 +294,8 @@ class LinearFocalLoss(nn.Module):
         backend: Literal["auto", "torch", "triton"] = "auto",
     ) -> None:
         super().__init__()
-        self.gamma = V.check_gamma(gamma)
+        check_gamma_or_schedule(gamma)  # raises on anything else, naming gamma
+        self.gamma = gamma if isinstance(gamma, GammaSchedule) else float(gamma)
         V.check_ignore_index(ignore_index)
         V.check_reduction(reduction)
         self.ignore_index = ignore_index
@@ -462,6 +469,11 @@ def _divisor(
 
 
 def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform runs. While dynamo traces (``torch.compile``) the
+    interpreter stack is never empty, so that is not a transform: the compiled loss must take
+    the chunked custom operator, not the composite (which holds the full logits)."""
+    if torch.compiler.is_compiling():
+        return False
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 

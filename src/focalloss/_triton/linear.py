@@ -14,6 +14,10 @@ the caller then contracts with ``W`` and ``x``. The math is the one of
 with the target entry written as ``p_t (S + zl) - ng_t + b (p_t - 1)``, ``p_t - 1`` from
 ``expm1`` (no cancellation where ``p_t`` rounds to 1), ``u = p lp / (p - 1)`` in [0, 1] (0 where
 it is 0/0) and ``(1 - p)^gamma = exp(gamma log(1 - p))`` (exactly 0 at ``1 - p = 0``).
+A gamma schedule (``SCHEDULE_K`` thresholds, in the parameters after ``z_loss``: the
+thresholds, then the ``SCHEDULE_K + 1`` values) makes ``gamma`` a per-row value chosen from the
+detached ``P = (1 - eps) p_t + eps / V`` by the softmax kernels' helper (``_scheduled_gamma``),
+once per program after the logsumexp; ``SCHEDULE_K = 0`` compiles to the kernel without it.
 ``tanh`` and ``1 - tanh^2`` come from ``e = exp(-2|x|)``: ``tanh|x| = -expm1(-2|x|) / (1 + e)``
 and ``1 - tanh^2 = 4e / (1 + e)^2``, both exact for small and large ``|x|``. The loss math runs
 in float32 (float64 for float64 logits); the gradient is stored in the logits' dtype.
@@ -28,6 +32,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .kernels import _focal_power, _scheduled_gamma
+
 
 @triton.jit
 def _expm1(x):
@@ -36,14 +42,6 @@ def _expm1(x):
     um1 = u - 1.0
     safe_log = tl.where(u == 1.0, 1.0, tl.log(u))
     return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * x / safe_log))
-
-
-@triton.jit
-def _pow(base, exponent, ZERO: tl.constexpr):
-    """base ** exponent for base >= 0: exactly 0 at base 0 (exponent > 0), 1 for ZERO."""
-    if ZERO:
-        return tl.full(base.shape, 1.0, base.dtype)
-    return tl.exp(exponent * tl.log(base))
 
 
 @triton.jit
@@ -67,7 +65,7 @@ def _linear_focal_rows_kernel(
     scale_ptr,
     loss_ptr,
     V,
-    params_ptr,  # [gamma, eps, poly1, softcap, z_loss] in the accumulation dtype
+    params_ptr,  # [gamma, eps, poly1, softcap, z_loss, thresholds..., values...] (acc. dtype)
     ignore_index,
     HAS_COEF: tl.constexpr,
     HAS_W: tl.constexpr,
@@ -78,6 +76,7 @@ def _linear_focal_rows_kernel(
     POLY: tl.constexpr,
     SOFTCAP: tl.constexpr,
     ZLOSS: tl.constexpr,
+    SCHEDULE_K: tl.constexpr,  # thresholds of a gamma schedule (0: the number gamma)
     NEED_GRAD: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_V: tl.constexpr,
@@ -117,11 +116,18 @@ def _linear_focal_rows_kernel(
     lp_t = y_t - lse
     q_t = _expm1(lp_t)  # p_t - 1
     p_t = tl.exp(lp_t)
+    SCHEDULED: tl.constexpr = SCHEDULE_K > 0
+    if SCHEDULED:  # gamma of this row, from the detached P = (1 - eps) p_t + eps / V
+        p_sel = p_t
+        if SMOOTH:
+            p_sel = p_t * (1.0 - eps) + eps / V
+        # The helper reads the thresholds from its pointer + 3: here they start at params[5].
+        gamma = _scheduled_gamma(params_ptr + 2, p_sel, SCHEDULE_K, ACC)
     coef_t = 1.0
     if HAS_COEF:
         coef_t = tl.load(coef_ptr + t).to(ACC)
     hard_k = coef_t * (1.0 - eps)
-    m_t = _pow(-q_t, gamma, GAMMA_ZERO)
+    m_t = _focal_power(-q_t, gamma, GAMMA_ZERO, SCHEDULED)
     loss = -hard_k * m_t * lp_t
     if GAMMA_ZERO:
         b = hard_k * m_t
@@ -133,7 +139,7 @@ def _linear_focal_rows_kernel(
         if HAS_W:
             w_t = tl.load(w_ptr + t).to(ACC)
         one_minus = -q_t * (1.0 - eps) + eps * (V - 1) / V
-        mp = _pow(one_minus, gamma, GAMMA_ZERO)
+        mp = _focal_power(one_minus, gamma, GAMMA_ZERO, SCHEDULED)
         loss += poly * w_t * mp * one_minus
         b += poly * w_t * (gamma + 1.0) * (1.0 - eps) * mp * p_t
     zl = 0.0
@@ -157,7 +163,7 @@ def _linear_focal_rows_kernel(
             k = eps / V
             if HAS_COEF:
                 k = k * tl.load(coef_ptr + offs, mask=mask, other=0.0).to(ACC)
-            km = tl.where(mask, k * _pow(-q, gamma, GAMMA_ZERO), 0.0)
+            km = tl.where(mask, k * _focal_power(-q, gamma, GAMMA_ZERO, SCHEDULED), 0.0)
             dense += km * lp
             if GAMMA_ZERO:
                 ng_sum += km
@@ -193,7 +199,7 @@ def _linear_focal_rows_kernel(
                 k = eps / V
                 if HAS_COEF:
                     k = k * tl.load(coef_ptr + offs, mask=mask, other=0.0).to(ACC)
-                km = k * _pow(-q, gamma, GAMMA_ZERO)
+                km = k * _focal_power(-q, gamma, GAMMA_ZERO, SCHEDULED)
                 if GAMMA_ZERO:
                     g -= km
                 else:
@@ -226,7 +232,8 @@ def linear_focal_rows_(
         return loss
     assert z.stride(1) == 1
     params = torch.tensor(
-        [spec.gamma, spec.eps, spec.poly1, spec.softcap or 1.0, spec.z_loss],
+        [spec.gamma, spec.eps, spec.poly1, spec.softcap or 1.0, spec.z_loss]
+        + ([*spec.thresholds, *spec.values] if spec.scheduled else []),
         dtype=acc,
         device=z.device,
     )
@@ -249,11 +256,12 @@ def linear_focal_rows_(
         HAS_W=target_weight is not None,
         HAS_IGNORE=spec.has_ignore,
         SCALE_MODE=scale_mode,
-        GAMMA_ZERO=spec.gamma == 0.0,
+        GAMMA_ZERO=not spec.scheduled and spec.gamma == 0.0,
         SMOOTH=spec.eps != 0.0,
         POLY=spec.poly1 != 0.0,
         SOFTCAP=spec.softcap != 0.0,
         ZLOSS=spec.z_loss != 0.0,
+        SCHEDULE_K=len(spec.thresholds),
         NEED_GRAD=need_grad,
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
         BLOCK_V=block,
