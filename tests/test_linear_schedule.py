@@ -243,6 +243,25 @@ def test_zero_piece(options, reduction):
     _assert_all_close(got, _grads(_strip(schedule_ref), x, w, b, t, **kw))
 
 
+@pytest.mark.parametrize("blocks", [False, True])
+def test_piece_chosen_by_smoothed_p(blocks, monkeypatch):
+    """With smoothing the piece is chosen by P = (1 - eps) p_t + eps / V, not by p_t: a
+    threshold between the two for one row tells them apart."""
+    if blocks:
+        monkeypatch.setitem(engine.BUDGET_BYTES, "cpu", 5 * 6 * 8)
+        monkeypatch.setattr(engine, "MIN_BLOCK", 4)
+        monkeypatch.setattr(engine, "MIN_ROWS", 6)
+    x, w, b, t = _data()
+    eps = 0.5
+    p_t = torch.softmax(F.linear(x, w, b), 1)[0, t[0]].item()
+    big_p = (1 - eps) * p_t + eps / w.shape[0]
+    assert p_t - big_p > 0.05
+    kw = dict(gamma=GammaSchedule(((p_t + big_p) / 2,), (5.0, 1.0)), label_smoothing=eps)
+    got = _grads(_fused, x, w, b, t, **kw)
+    _assert_all_close(got, _grads(_strip(unfused), x, w, b, t, **kw))
+    _assert_all_close(got, _grads(_strip(schedule_ref), x, w, b, t, **kw))
+
+
 def test_schedule_is_not_a_constant():
     """FLSD-53 differs from both of its constants on data that crosses its threshold."""
     x, w, b, t = _data()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from focalloss import LinearFocalLoss, focal_loss, linear_focal_loss
+from focalloss import GammaSchedule, LinearFocalLoss, focal_loss, linear_focal_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter
 
@@ -138,3 +138,114 @@ def test_kernel_all_ignored_and_module(device):
     torch.testing.assert_close(
         criterion(x, w, t, b), linear_focal_loss(x, w, t, b, gamma=1.0, backend="torch")
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Gamma schedules
+# --------------------------------------------------------------------------------------------
+
+SCHEDULES = {
+    "flsd53": GammaSchedule.flsd53(),
+    "three": GammaSchedule((0.1, 0.45), (4.0, 2.0, 0.5)),
+    "zero-piece": GammaSchedule((0.05, 0.3), (0.0, 3.0, 1.5)),
+}
+
+
+def _crossing_data(n, d, v, dtype, device, seed=0):
+    """Half the rows target their most likely class (large p_t), so rows fall in every piece."""
+    x, w, b, t = _data(n, d, v, torch.float64, device, seed=seed)
+    x = x * 3
+    top = F.linear(x, w, b).argmax(1)
+    t[::2] = top[::2]
+    p = torch.softmax(F.linear(x, w, b), 1)
+    kept = t >= 0
+    p_t = p[kept].gather(1, t[kept, None]).squeeze(1)
+    for schedule in SCHEDULES.values():
+        pieces = {sum(int(value >= bound) for bound in schedule.thresholds) for value in p_t}
+        assert len(pieces) == len(schedule.values), (schedule, p_t)
+    return x.to(dtype), w.to(dtype), b.to(dtype), t
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES.values(), ids=SCHEDULES.keys())
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(label_smoothing=0.1, reduction="none"),
+        dict(
+            label_smoothing=0.1,
+            poly1_epsilon=1.0,
+            logit_softcap=5.0,
+            z_loss=1e-3,
+            weight="w",
+            alpha="a",
+        ),
+    ],
+    ids=["default", "smooth-none", "all"],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernel_schedule_matches_torch_backend(device, schedule, options, dtype):
+    # N = 11 in chunks of 4, V = 37: neither divides.
+    x, w, b, t = _crossing_data(11, 5, 37, dtype, device)
+    kw = _resolve(options, 37, device, dtype)
+    _compare(x, w, b, t, TOL[dtype], chunk_size=4, gamma=schedule, **kw)
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES.values())[:2], ids=["flsd53", "three"])
+def test_kernel_schedule_equals_unfused(device, schedule):
+    """float64 against focal_loss(F.linear(...), gamma=schedule): values and all gradients."""
+    x, w, b, t = _crossing_data(11, 5, 37, torch.float64, device)
+    for options in (dict(), dict(label_smoothing=0.2, poly1_epsilon=1.0)):
+        got = _run(x, w, b, t, backend="triton", gamma=schedule, chunk_size=3, **options)
+        leaves = [v.detach().clone().requires_grad_() for v in (x, w, b)]
+        loss = focal_loss(F.linear(*leaves), t, gamma=schedule, **options)
+        (loss * 1.3).backward()
+        for a, e in zip(got, [loss.detach()] + [v.grad for v in leaves], strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(gamma=2.0), dict(gamma=0.0, label_smoothing=0.1), dict(gamma=1.5, poly1_epsilon=1.0)],
+    ids=["2", "0-smooth", "1.5-poly"],
+)
+def test_kernel_one_value_schedule_is_the_constant(device, options):
+    x, w, b, t = _crossing_data(11, 5, 37, torch.float32, device)
+    gamma = options.pop("gamma")
+    expected = _run(x, w, b, t, backend="triton", gamma=gamma, chunk_size=4, **options)
+    schedule = GammaSchedule.constant(gamma)
+    got = _run(x, w, b, t, backend="triton", gamma=schedule, chunk_size=4, **options)
+    for a, e in zip(got, expected, strict=True):
+        assert torch.equal(a, e)
+
+
+def test_kernel_schedule_several_class_blocks(device):
+    """V = 1500 > one kernel block: the schedule's gamma is chosen after the online
+    logsumexp over every block."""
+    x, w, b, t = _data(6, 4, 1500, torch.float64, device)
+    t[::2] = F.linear(x * 4, w, b).argmax(1)[::2]
+    schedule = GammaSchedule((0.01, 0.5), (4.0, 2.0, 1.0))
+    p = torch.softmax(F.linear(x * 4, w, b), 1)
+    big_p = p[t >= 0].gather(1, t[t >= 0, None]).squeeze(1) * 0.9 + 0.1 / 1500
+    assert {int(v >= 0.01) + int(v >= 0.5) for v in big_p.tolist()} == {0, 1, 2}
+    _compare(
+        x * 4, w, b, t, TOL[torch.float64], chunk_size=4, gamma=schedule,
+        label_smoothing=0.1, logit_softcap=8.0, poly1_epsilon=1.0,
+    )  # fmt: skip
+
+
+def test_kernel_schedule_reads_smoothed_p(device):
+    """With smoothing the piece is chosen by P = (1 - eps) p_t + eps / V, not by p_t: a
+    threshold between the two for one row tells them apart."""
+    x, w, b, t = _crossing_data(11, 5, 37, torch.float64, device)
+    eps = 0.5
+    p_t = torch.softmax(F.linear(x, w, b), 1)[0, t[0]].item()
+    big_p = (1 - eps) * p_t + eps / 37
+    assert p_t - big_p > 0.05
+    schedule = GammaSchedule(((p_t + big_p) / 2,), (5.0, 1.0))
+    got = _run(x, w, b, t, backend="triton", gamma=schedule, label_smoothing=eps, chunk_size=4)
+    leaves = [v.detach().clone().requires_grad_() for v in (x, w, b)]
+    loss = focal_loss(F.linear(*leaves), t, gamma=schedule, label_smoothing=eps)
+    (loss * 1.3).backward()
+    for a, e in zip(got, [loss.detach()] + [v.grad for v in leaves], strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
