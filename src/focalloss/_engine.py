@@ -130,6 +130,8 @@ def choose(requested: str, spec: Spec) -> Backend:
         requested = _from_environment()
     if requested == "torch":
         return _torch.BACKEND
+    if requested == "auto" and spec.input.device.type == "cpu" and not _triton.interpreting():
+        return _torch.BACKEND  # the kernels run on CPU tensors only in the interpreter
     kernels: Backend = _triton.BACKEND
     unavailable = kernels.unavailable(spec)
     unsupported = None if unavailable is not None else kernels.unsupported(spec)

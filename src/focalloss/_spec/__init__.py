@@ -136,6 +136,14 @@ def mean_scale(divisor: Tensor, sync: bool, clamp: bool) -> Tensor:
     return scale if size == 1 else scale * size
 
 
+def count_scale(input: Tensor, count: int, sync: bool) -> Tensor:
+    """``mean_scale`` of a divisor known on the host (a number of positions): ``1 / count``
+    (0 for none) by one fill."""
+    if sync:
+        return mean_scale(full(input, float(count)), sync, clamp=False)
+    return full(input, 1.0 / count if count else 0.0)
+
+
 def check_common(
     input: object,
     target: object,

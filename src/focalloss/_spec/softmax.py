@@ -17,7 +17,7 @@ from . import (
     class_vector,
     compute_dtype_of,
     constant_vector,
-    full,
+    count_scale,
     index_target,
     layout_for,
     mean_scale,
@@ -146,11 +146,16 @@ def prepare(
             )
         V.check_unit_range("target", target, "class probabilities")
         ignored = None
-        divisor = full(input, float(target.numel() // num_classes))
+        divisor = target.numel() // num_classes
     else:
         target, ignored = index_target(target, ignore_index, num_classes, num_classes, fill=0)
         divisor = _index_divisor(input, target, ignored, weight_vec)
-    scale = mean_scale(divisor, sync_normalizer, clamp=False) if reduction == "mean" else None
+    scale = None
+    if reduction == "mean":
+        if isinstance(divisor, int):  # a count known on the host: 1 / count by one fill
+            scale = count_scale(input, divisor, sync_normalizer)
+        else:
+            scale = mean_scale(divisor, sync_normalizer, clamp=False)
     return SoftmaxFocalSpec(
         input=input,
         reduction=reduction,  # type: ignore[arg-type]
@@ -229,11 +234,12 @@ def check_number_alpha(num_classes: int) -> None:
 
 def _index_divisor(
     input: Tensor, target: Tensor, ignored: Tensor | None, weight: Tensor | None
-) -> Tensor:
-    """``sum_i v_i * w_{target_i}``: the divisor of ``reduction="mean"`` for class indices."""
+) -> Tensor | int:
+    """``sum_i v_i * w_{target_i}``: the divisor of ``reduction="mean"`` for class indices
+    (an int when it is the number of positions)."""
     if weight is None:
         if ignored is None:
-            return full(input, float(target.numel()))
+            return target.numel()
         return target.numel() - ignored.sum(dtype=compute_dtype_of(input))
     w_t = weight[target]
     if ignored is not None:

@@ -60,12 +60,11 @@ class TorchBackend:
     def scale_grad(
         self, grad: Tensor, grad_output: Tensor, layout: Layout, inplace: bool
     ) -> Tensor:
+        on_cpu = grad_output.device.type == "cpu"  # where the read is no synchronisation
+        if inplace and layout == "scalar" and on_cpu and grad_output.item() == 1.0:
+            return grad
         scale = broadcast_grad_output(grad_output, layout).to(grad.dtype)
-        if not inplace:
-            return grad * scale
-        if layout == "scalar" and grad_output.device.type == "cpu" and grad_output.item() == 1.0:
-            return grad  # on the CPU the read is no synchronisation
-        return grad.mul_(scale)
+        return grad.mul_(scale) if inplace else grad * scale
 
 
 BACKEND = TorchBackend()

@@ -242,7 +242,9 @@ def hard_target_terms(
     # or p = 0 with lp = -inf (0 * inf, limit 0): both become 0.
     s = lp_t.exp().mul_(lp_t) if p_t is None else torch.mul(p_t, lp_t)
     s.div_(q).nan_to_num_(nan=0.0)
-    return nl, s.mul_(gamma).add_(1.0).mul_(m), q
+    if isinstance(gamma, Tensor):
+        return nl, s.mul_(gamma).add_(1.0).mul_(m), q
+    return nl, torch.addcmul(m, s, m, value=gamma), q  # m (1 + gamma (-r))
 
 
 def hard_poly_terms(
@@ -325,7 +327,7 @@ def per_position(
         ``(loss, grad)``: loss ``(N, *)`` in ``compute_dtype``, 0 at ignored positions;
         grad ``(N, C, *)`` in ``compute_dtype`` or None.
     """
-    rows = input.movedim(1, -1)
+    rows = input.movedim(1, -1) if input.dim() > 2 else input
     if input.dim() > 2 and rows.is_contiguous():
         # Classes innermost in memory (channels_last and the like): the same computation over
         # (positions, C) rows of a view reads the logits in place, and the gradient comes back
