@@ -11,6 +11,9 @@ sum); on CUDA from ``torch.cuda.max_memory_allocated``.
     python benchmarks/bench_linear.py --device cuda        # bfloat16, N=8192 D=4096 V=128000,
                                                            # and Liger's fused linear CE if
                                                            # liger_kernel imports
+    python benchmarks/bench_linear.py --schedule flsd53 --shape 1024,256,32000
+                                                           # FLSD-53 in both, and the fused
+                                                           # step with the number --gamma
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from focalloss import focal_loss, linear_focal_loss
+from focalloss import GammaSchedule, focal_loss, linear_focal_loss
 
 CPU_CASES = [(4096, 1024, 32000), (1024, 1024, 128000)]
 CUDA_CASES = [(8192, 4096, 128000)]
@@ -82,11 +85,24 @@ def make_case(n: int, d: int, v: int, dtype: torch.dtype, device: str, seed: int
     return hidden.requires_grad_(), weight.requires_grad_(), target
 
 
-def methods(gamma: float) -> dict[str, Callable]:
+SCHEDULES = {"flsd53": GammaSchedule.flsd53()}
+
+
+def methods(
+    gamma: float, schedule: GammaSchedule | None = None, label_smoothing: float = 0.0
+) -> dict[str, Callable]:
+    """The steps to compare; with a schedule, ``unfused`` and ``fused`` use it and
+    ``fused_number`` is the fused step with the number ``gamma`` (the schedule's cost)."""
+    g = gamma if schedule is None else schedule
+    eps = label_smoothing
     found: dict[str, Callable] = {
-        "unfused": lambda x, w, t: focal_loss(F.linear(x, w), t, gamma=gamma),
-        "fused": lambda x, w, t: linear_focal_loss(x, w, t, gamma=gamma),
+        "unfused": lambda x, w, t: focal_loss(F.linear(x, w), t, gamma=g, label_smoothing=eps),
+        "fused": lambda x, w, t: linear_focal_loss(x, w, t, gamma=g, label_smoothing=eps),
     }
+    if schedule is not None:
+        found["fused_number"] = lambda x, w, t: linear_focal_loss(
+            x, w, t, gamma=gamma, label_smoothing=eps
+        )
     try:  # Liger's fused linear cross-entropy (gamma = 0 only: it has no focal term)
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
@@ -104,11 +120,13 @@ def step(fn: Callable, x, w, t) -> None:
     fn(x, w, t).backward()
 
 
-def run_case(n, d, v, dtype, device, rounds, gamma, include_liger):
+def run_case(
+    n, d, v, dtype, device, rounds, gamma, include_liger, schedule=None, label_smoothing=0.0
+):
     x, w, t = make_case(n, d, v, dtype, device)
-    table = methods(gamma)
+    table = methods(gamma, schedule, label_smoothing)
     if not include_liger:
-        table = {k: f for k, f in table.items() if k in ("unfused", "fused")}
+        table = {k: f for k, f in table.items() if k in ("unfused", "fused", "fused_number")}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     grad_bytes = w.numel() * w.element_size()
 
@@ -163,7 +181,7 @@ def report(result: dict) -> str:
     lines = [f"N={n} D={d} V={v}"]
     for name in med:
         lines.append(
-            f"  {name:9s} median {med[name] * 1e3:9.1f} ms ({med[name] / med['unfused']:.2f}x)  "
+            f"  {name:12s} median {med[name] * 1e3:9.1f} ms ({med[name] / med['unfused']:.2f}x)  "
             f"min {low[name] * 1e3:9.1f} ms ({low[name] / low['unfused']:.2f}x)  "
             f"CPU time {cpu[name]:7.1f} s ({cpu[name] / cpu['unfused']:.2f}x)  "
             f"peak above inputs and W.grad {peaks[name] / 2**20:8.1f} MiB "
@@ -179,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gamma", type=float, default=2.0)
     parser.add_argument("--shape", default=None, help="N,D,V (default: the issue's rows)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument(
+        "--schedule", default=None, choices=sorted(SCHEDULES), help="gamma schedule (CPU rows)"
+    )
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="(CPU rows)")
     args = parser.parse_args(argv)
     if args.device == "cuda":
         run_cuda(args)
@@ -186,10 +208,18 @@ def main(argv: list[str] | None = None) -> None:
     cases = [tuple(int(s) for s in args.shape.split(","))] if args.shape else CPU_CASES
     rounds = args.rounds or 5
     print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.1f}")
-    print(f"float32, fwd+bwd, gamma={args.gamma}, {rounds} interleaved rounds")
+    schedule = SCHEDULES[args.schedule] if args.schedule else None
+    gamma_text = f"schedule={schedule}, number gamma={args.gamma}" if schedule else args.gamma
+    print(
+        f"float32, fwd+bwd, gamma={gamma_text}, label_smoothing={args.label_smoothing}, "
+        f"{rounds} interleaved rounds"
+    )
     results = []
     for n, d, v in cases:
-        result = run_case(n, d, v, torch.float32, "cpu", rounds, args.gamma, False)
+        result = run_case(
+            n, d, v, torch.float32, "cpu", rounds, args.gamma, False, schedule,
+            args.label_smoothing,
+        )  # fmt: skip
         print(report(result), flush=True)
         results.append(result)
     if args.json:

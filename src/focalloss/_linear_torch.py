@@ -25,7 +25,9 @@ ones; the same bounded ``r = p log p / (1 - p)`` numerics are used here)::
     zl_i = 2 lam lse                                                 z-loss
     dloss/dy = p (S + b + zl) - ng - b onehot(t)
 
-and ``dloss/dz = dloss/dy * (1 - tanh^2(z / c))`` under the softcap. The target entry, for hard
+and ``dloss/dz = dloss/dy * (1 - tanh^2(z / c))`` under the softcap. A ``GammaSchedule``
+replaces ``gamma`` by a per-row tensor chosen from the detached ``P`` (``row_gamma``): every
+formula above holds with it, ``gamma`` being a constant of each row. The target entry, for hard
 targets, is written as ``zl p_t + b (p_t - 1)`` with ``p_t - 1 = expm1(lp_t)``: exact where
 ``p_t`` rounds to 1. Each row's gradient is scaled by its share of the reduction (0 for ignored
 rows; ``1 / divisor`` for ``"mean"``; ``grad_output_i`` for ``"none"``).

@@ -76,6 +76,13 @@ def linear_focal_loss(
       divisor as the rest.
     * ``logit_softcap`` (Gemma): applied to the logits before everything else (the z-loss
       sees the capped logits).
+    * ``gamma`` may be a :class:`~focalloss.GammaSchedule`: row ``i`` then uses the constant
+      ``gamma_i`` the schedule gives its detached ``P_i`` (as :func:`focalloss.focal_loss`
+      does), in the focal term of every class and in the Poly-1 term. A one-value schedule
+      computes bit for bit what its number does. Cost: one selection per row; with hard
+      targets the per-logit work is that of a number ``gamma``, with label smoothing the
+      smoothed part's ``(1 - p)^gamma_i`` takes ``exp(gamma_i log(1 - p))`` (two more
+      in-place passes over each chunk than ``pow``); no extra memory.
 
     Reductions: ``"none"`` returns ``loss_i`` in the target's shape (0 at ignored rows);
     ``"sum"`` their sum; ``"mean"`` the sum divided by ``sum_i v_i w_{t_i}`` (as
@@ -108,7 +115,8 @@ def linear_focal_loss(
             head), the input's dtype and device.
         target: class indices of the input's leading shape ``(N,)`` or ``(...)``, integer.
         bias: ``(V,)`` or None.
-        gamma: focusing parameter ``>= 0``. Default: 2.
+        gamma: focusing parameter ``>= 0``, or a :class:`~focalloss.GammaSchedule`.
+            Default: 2.
         alpha: per-class factors (``V`` values ``>= 0``), a number ``a`` meaning ``[a, 1 - a]``
             when ``V == 2``, or None.
         weight: per-class rescaling (``V`` values ``>= 0``), as in ``F.cross_entropy``.
@@ -256,7 +264,7 @@ class LinearFocalLoss(nn.Module):
     the projection weight and the targets: ``criterion(hidden, lm_head.weight, target)``.
 
     Args: as :func:`linear_focal_loss` (``alpha`` and ``weight`` become buffers that follow
-    ``.to()``).
+    ``.to()``; ``gamma`` is kept as given, a number or a :class:`~focalloss.GammaSchedule`).
 
     Shape:
         - input: ``(N, D)`` or ``(..., D)``; classifier ``(V, D)``; bias ``(V,)`` or None.
