@@ -17,8 +17,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import focalloss
 from focalloss import (
     FocalLoss,
+    GammaSchedule,
     SigmoidFocalLoss,
     focal_loss,
+    linear_focal_loss,
     sigmoid_focal_loss,
 )
 
@@ -166,6 +168,33 @@ def test_modules_read_nothing(no_checks):
         _step(softmax, x, target)
         _step(sigmoid, x, target)
     assert probe.bad == []
+
+
+LINEAR_CALLS = [
+    dict(),
+    dict(alpha=[0.5] * 11, weight=[2.0] * 11, label_smoothing=0.1, chunk_size=4),
+    dict(poly1_epsilon=1.0, z_loss=1e-4, logit_softcap=30.0, reduction="sum"),
+    dict(gamma=GammaSchedule.flsd53(), ignore_index=3),
+]
+
+
+@pytest.mark.parametrize("kwargs", LINEAR_CALLS, ids=str)
+def test_linear_training_call_reads_nothing(kwargs, no_checks):
+    """linear_focal_loss (chunked PyTorch path): forward and the three gradients."""
+
+    def step():
+        hidden = _meta(6, 8).requires_grad_()
+        classifier = _meta(11, 8).requires_grad_()
+        bias = _meta(11).requires_grad_()
+        target = torch.empty(6, device="meta", dtype=torch.long)
+        linear_focal_loss(hidden, classifier, target, bias, **kwargs).backward()
+        return hidden.grad, classifier.grad, bias.grad
+
+    step()  # a first call may build cached per-class vectors once
+    with no_host_tensors(), Probe() as probe:
+        grads = step()
+    assert probe.bad == []
+    assert [g.shape for g in grads] == [(6, 8), (11, 8), (11,)]
 
 
 def test_the_probe_sees_a_synchronisation():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from numbers import Real
 
 import torch
@@ -133,42 +132,6 @@ def check_same_device(name: str, value: torch.Tensor, input: torch.Tensor) -> No
             f"{name}: expected a tensor on the input's device {input.device}, "
             f"got one on {value.device} (move it with .to(input.device))"
         )
-
-
-def class_vector(
-    name: str,
-    value: Sequence[float] | torch.Tensor,
-    num_classes: int,
-    input: torch.Tensor,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Turn a per-class sequence or 1-D tensor into a checked ``(C,)`` tensor of ``dtype``."""
-    if isinstance(value, torch.Tensor):
-        check_tensor(name, value)
-        check_same_device(name, value, input)
-        if value.dtype == torch.bool or not (value.is_floating_point() or _is_integer(value)):
-            raise TypeError(f"{name}: expected a real-valued tensor, got dtype {value.dtype}")
-        tensor = value
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in value):
-            raise TypeError(f"{name}: expected a sequence of numbers, got {value!r}")
-        tensor = torch.tensor([float(v) for v in value], dtype=dtype, device=input.device)
-    else:
-        raise TypeError(
-            f"{name}: expected None, a sequence of {num_classes} numbers or a 1-D tensor, "
-            f"got {type(value).__name__}"
-        )
-    if tensor.dim() != 1 or tensor.shape[0] != num_classes:
-        raise ValueError(
-            f"{name}: expected one factor per class, shape ({num_classes},), "
-            f"got shape {tuple(tensor.shape)}"
-        )
-    if reads_values(tensor):
-        bad = ~(tensor >= 0) | ~torch.isfinite(tensor)
-        if bool(bad.any()):
-            first = tensor[bad][0].item()
-            raise ValueError(f"{name}: expected finite values >= 0, got {first}")
-    return tensor.to(dtype)
 
 
 def _is_integer(t: torch.Tensor) -> bool:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from . import _validation as V
 from ._linear_torch import Call, LinearFocalFunction, Spec, compute_dtype
+from ._spec import class_vector, constant_vector
 from ._spec.softmax import check_gamma_or_schedule
 from .schedules import GammaSchedule
 
@@ -217,7 +218,9 @@ def linear_focal_loss(
     cdtype = compute_dtype(input.dtype)
     alpha_vec = _alpha_vector(alpha, num_classes, input, cdtype)
     weight_vec = (
-        None if weight is None else V.class_vector("weight", weight, num_classes, input, cdtype)
+        None
+        if weight is None
+        else class_vector("weight", weight, num_classes, input, upper=math.inf)
     )
     class_coef = weight_vec if alpha_vec is None else alpha_vec
     if weight_vec is not None and alpha_vec is not None:
@@ -428,8 +431,8 @@ def _alpha_vector(
                 f"valid only for V == 2, got V={num_classes}; pass {num_classes} per-class "
                 f"factors instead"
             )
-        return torch.tensor([a, 1.0 - a], dtype=dtype, device=input.device)
-    return V.class_vector("alpha", alpha, num_classes, input, dtype)
+        return constant_vector((a, 1.0 - a), input.device, dtype)
+    return class_vector("alpha", alpha, num_classes, input, upper=math.inf)
 
 
 def _as_buffer(name: str, value: Sequence[float] | Tensor | None) -> Tensor | None:

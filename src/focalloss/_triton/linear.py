@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._spec import constant_vector
 from .kernels import _focal_power, _scheduled_gamma
 
 
@@ -231,11 +232,13 @@ def linear_focal_rows_(
     if n == 0:
         return loss
     assert z.stride(1) == 1
-    params = torch.tensor(
-        [spec.gamma, spec.eps, spec.poly1, spec.softcap or 1.0, spec.z_loss]
-        + ([*spec.thresholds, *spec.values] if spec.scheduled else []),
-        dtype=acc,
-        device=z.device,
+    # The scalars as a cached device vector (float64 when computing in float64, which Triton's
+    # scalar arguments would round to float32); no host-to-device copy after the first call.
+    params = constant_vector(
+        (spec.gamma, spec.eps, spec.poly1, spec.softcap or 1.0, spec.z_loss)
+        + ((*spec.thresholds, *spec.values) if spec.scheduled else ()),
+        z.device,
+        acc,
     )
     scale_mode = 0 if scale is None else (1 if scale.dim() == 0 else 2)
     if scale is not None:
