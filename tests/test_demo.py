@@ -130,3 +130,14 @@ def test_paper_curves_from_the_library():
     )
     # CE's gradient magnitude on the target logit is 1 - p_t.
     assert curves[0.0][1] == pytest.approx([1 - p.item() for p in p_t])
+
+
+def test_demo_help_names_every_loss(capsys):
+    """`focalloss demo --help` lists every loss of every task (and so the default lists)."""
+    from focalloss.demo import calibration, detection, segmentation
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for losses in (segmentation.LOSSES, detection.LOSSES, calibration.LOSSES):
+        assert ",".join(losses) in text
