@@ -175,6 +175,7 @@ LINEAR_CALLS = [
     dict(alpha=[0.5] * 11, weight=[2.0] * 11, label_smoothing=0.1, chunk_size=4),
     dict(poly1_epsilon=1.0, z_loss=1e-4, logit_softcap=30.0, reduction="sum"),
     dict(gamma=GammaSchedule.flsd53(), ignore_index=3),
+    dict(ignore_index=None),
 ]
 
 

@@ -470,7 +470,7 @@ def _divisor(
     """``sum_i v_i w_{t_i}``: the divisor of ``reduction="mean"``."""
     if weight is None:
         if valid is None:
-            return torch.tensor(float(target.numel()), dtype=dtype, device=target.device)
+            return target.new_full((), float(target.numel()), dtype=dtype)  # a fill, no copy
         return valid.sum(dtype=dtype)
     safe = target if valid is None else target.masked_fill(~valid, 0)
     w_t = weight[safe]

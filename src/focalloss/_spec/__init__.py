@@ -42,7 +42,8 @@ def constant_vector(values: Sequence[float], device: torch.device, dtype: torch.
     """
     if torch.compiler.is_compiling():  # a constant of the graph (and no cache to guard on)
         return torch.tensor(list(values), dtype=dtype, device=device)
-    key = (tuple(values), device, dtype)
+    # NaN != NaN: a key holding one would never be found again (one copy per call)
+    key = (tuple("nan" if v != v else v for v in values), device, dtype)
     cached = _VECTOR_CACHE.get(key)
     if cached is None:
         if len(_VECTOR_CACHE) >= _VECTOR_CACHE_SIZE:

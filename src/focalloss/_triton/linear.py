@@ -235,7 +235,9 @@ def linear_focal_rows_(
     # The scalars as a cached device vector (float64 when computing in float64, which Triton's
     # scalar arguments would round to float32); no host-to-device copy after the first call.
     params = constant_vector(
-        (spec.gamma, spec.eps, spec.poly1, spec.softcap or 1.0, spec.z_loss)
+        # gamma is NaN with a schedule (unused then): 0.0 keeps the cache key equal to itself
+        (0.0 if spec.scheduled else spec.gamma, spec.eps, spec.poly1, spec.softcap or 1.0)
+        + (spec.z_loss,)
         + ((*spec.thresholds, *spec.values) if spec.scheduled else ()),
         z.device,
         acc,
