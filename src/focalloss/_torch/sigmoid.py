@@ -12,11 +12,15 @@ from torch import Tensor
 from .._spec.sigmoid import SigmoidFocalSpec
 from .common import chunk_slices, class_view, finish, focal_modulator, one_hot, reduce_composite
 from .softmax import (
+    gamma_of_steps,
+    integer_schedule,
     poly_factor,
     poly_power,
+    schedule_steps,
     scheduled_gamma,
     scheduled_modulator,
     select_gamma,
+    stepped_power,
     tensor_power,
 )
 
@@ -175,13 +179,14 @@ def _sigmoid_chunk(
     return loss, grad
 
 
-def _logistic(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _logistic(x: Tensor, neg: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(p, 1 - p, softplus(-x), softplus(x))`` with ``p = sigmoid(x)``, each computed
-    directly (no ``1 - p``), so all four stay exact for saturated logits.
+    directly (no ``1 - p``), so all four stay exact for saturated logits. ``-x`` goes into
+    ``neg`` when given (the caller may reuse that buffer afterwards).
 
     PyTorch's fused ``sigmoid`` and ``softplus`` kernels compute the same values; the Triton
     kernels use the one-exp form."""
-    neg = x.neg()
+    neg = x.neg() if neg is None else torch.neg(x, out=neg)
     return torch.sigmoid(x), torch.sigmoid(neg), F.softplus(neg), F.softplus(x)
 
 
@@ -203,18 +208,29 @@ def _sigmoid_float_terms(
         sp_pos.mul_(opt.pos_weight)
     ce = sp_pos.mul_(t).addcmul_(t_neg, sp_neg)
     u = torch.mul(t_neg, p).addcmul_(t, q)  # 1 - p_t
+    power = None  # an integer schedule's u ** gamma (see stepped_power)
     if len(opt.thresholds) > 0:  # gamma per element from the detached p_t
-        gamma = select_gamma(torch.mul(t, p).addcmul_(t_neg, q), opt.thresholds, opt.values)
+        p_t = torch.mul(t, p).addcmul_(t_neg, q)
+        if integer_schedule(opt.values):  # sp_neg is free once ce is formed
+            steps = schedule_steps(p_t, opt.thresholds, out=p_t)
+            power = stepped_power(u, steps, opt.values, out=sp_neg)
+            gamma = gamma_of_steps(steps, opt.values, consume=True)
+        else:
+            gamma = select_gamma(p_t, opt.thresholds, opt.values)
     scheduled = isinstance(gamma, Tensor)
     pos_a, neg_a = _alpha_factors(opt.alpha)
     coef = t * pos_a + t_neg * neg_a if opt.alpha is not None else None
     if opt.weight is not None:
         coef = opt.weight.to(x.dtype) if coef is None else coef.mul_(opt.weight)
-    if scheduled:
+    if power is not None:
+        m = power
+    elif scheduled:
         m = tensor_power(u.clone(), gamma, 0.0 not in opt.values)
     else:
         m = None if gamma == 0.0 else (u.square() if gamma == 2.0 else u.pow(gamma))
-    mp = poly_power(u, gamma) if opt.poly1 != 0.0 else None  # u ** gamma of the Poly-1 term
+    mp = None  # u ** gamma of the Poly-1 term
+    if opt.poly1 != 0.0:
+        mp = poly_power(u, gamma) if power is None else power.clone()
     wm = m if coef is None else (coef if m is None else m.mul_(coef))  # w * a_t * m
     loss = ce if wm is None else ce * wm
     if mp is not None:  # + e * w * u ** (gamma + 1)
@@ -267,11 +283,33 @@ def _negative_terms(
 
 
 def _negative_schedule(
-    p: Tensor, q: Tensor, sp_pos: Tensor, ce: Tensor, opt: SigmoidOptions, *, need_grad: bool
+    p: Tensor,
+    q: Tensor,
+    sp_pos: Tensor,
+    ce: Tensor,
+    opt: SigmoidOptions,
+    steps: list[Tensor] | None,
+    *,
+    need_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """The negatives with a schedule (no Poly-1), in the passes of ``_negative_terms`` plus the
-    selection of gamma: ``p ** gamma = exp(-gamma * softplus(-x))`` (``log p`` is at hand) and
-    the gradient ``(p - q ce (-gamma)) w a p ** gamma``. ``p``, ``q``, ``sp_pos`` are used up."""
+    selection of gamma: ``p ** gamma = exp(-gamma * softplus(-x))`` (``log p`` is at hand), or
+    by multiplication for an integer schedule, and the gradient ``(p + q ce gamma) w a p **
+    gamma``; ``steps`` are an integer schedule's (from ``q``, a negative's ``p_t``). ``p``,
+    ``q``, ``sp_pos`` and the steps are used up."""
+    if steps is not None:
+        wm = stepped_power(p, steps, opt.values, out=sp_pos)  # log p is not needed
+        if opt.alpha is not None:
+            wm.mul_(_alpha_factors(opt.alpha)[1])
+        if opt.weight is not None:
+            wm.mul_(opt.weight)
+        loss = ce * wm
+        if not need_grad:
+            return loss, None
+        if opt.detach_modulator:
+            return loss, p.mul_(wm)
+        gamma = gamma_of_steps(steps, opt.values, consume=True)
+        return loss, q.mul_(ce).mul_(gamma).add_(p).mul_(wm)
     neg_gamma = select_gamma(q, opt.thresholds, opt.values, sign=-1.0)
     if opt.alpha is None:
         wm = sp_pos.mul_(neg_gamma).exp_()  # p ** gamma
@@ -301,16 +339,20 @@ def _negative_extras(
     opt: SigmoidOptions,
     *,
     need_grad: bool,
+    power: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """The negatives with a schedule or Poly-1, with ``m = w * p ** gamma``:
 
     ``loss = m * (a ce + e p)``, ``grad = m * (q * (a gamma ce + e (gamma + 1) p) + a p)``
     (``m * p * (a + e q)`` when the modulator is detached or gamma is 0). A schedule's
-    ``p ** gamma`` is ``exp(-gamma * softplus(-x))``: ``log p`` is at hand."""
+    ``p ** gamma`` is ``power`` when given (an integer schedule's, owned), else
+    ``exp(-gamma * softplus(-x))``: ``log p`` is at hand."""
     e = opt.poly1
     scheduled = isinstance(gamma, Tensor)
-    if scheduled:
-        m: Tensor | None = sp_pos.mul_(gamma).neg_().exp_()
+    if power is not None:
+        m: Tensor | None = power
+    elif scheduled:
+        m = sp_pos.mul_(gamma).neg_().exp_()
     elif gamma == 0.0:
         m = None
     else:
@@ -358,16 +400,28 @@ def _sigmoid_index_terms(
     num_classes = x.shape[1]
     pos_a, _ = _alpha_factors(opt.alpha)
     # Negatives (t = 0) everywhere: u = p, rho = 1 - p, ce = softplus(x), dce/dx = p.
-    p, q, sp_pos, ce = _logistic(x)
     scheduled = len(opt.thresholds) > 0
     focal = scheduled or gamma != 0.0
-    if scheduled and opt.poly1 == 0.0:
-        loss, grad = _negative_schedule(p, q, sp_pos, ce, opt, need_grad=need_grad)
+    steps = None  # an integer schedule's steps at a negative's p_t = 1 - p
+    if scheduled and integer_schedule(opt.values):
+        scratch = torch.empty_like(x)  # -x, then the last step
+        p, q, sp_pos, ce = _logistic(x, scratch)
+        steps = schedule_steps(q, opt.thresholds, out=scratch)
     else:
-        if scheduled:  # a negative's p_t is 1 - p
+        p, q, sp_pos, ce = _logistic(x)
+    if scheduled and opt.poly1 == 0.0:
+        loss, grad = _negative_schedule(p, q, sp_pos, ce, opt, steps, need_grad=need_grad)
+    else:
+        power = None
+        if steps is not None:
+            power = stepped_power(p, steps, opt.values, out=sp_pos)  # log p is not needed
+            gamma = gamma_of_steps(steps, opt.values, consume=True)
+        elif scheduled:
             gamma = select_gamma(q, opt.thresholds, opt.values)
         if opt.poly1 != 0.0:
-            loss, grad = _negative_extras(p, q, sp_pos, ce, gamma, opt, need_grad=need_grad)
+            loss, grad = _negative_extras(
+                p, q, sp_pos, ce, gamma, opt, need_grad=need_grad, power=power
+            )
         else:
             loss, grad = _negative_terms(p, q, ce, gamma, opt, need_grad=need_grad)
 
@@ -376,11 +430,20 @@ def _sigmoid_index_terms(
     idx = target.clamp(max=num_classes - 1).unsqueeze(1)
     x_t = x.gather(1, idx)
     p_t, q_t, ce_t, _ = _logistic(x_t)
-    gamma_t = select_gamma(p_t, opt.thresholds, opt.values) if scheduled else gamma
+    gamma_t = gamma
+    power_t = None  # an integer schedule's (1 - p_t) ** gamma
+    if scheduled and integer_schedule(opt.values):
+        steps_t = schedule_steps(p_t, opt.thresholds)
+        power_t = stepped_power(q_t, steps_t, opt.values)
+        gamma_t = gamma_of_steps(steps_t, opt.values, consume=True)
+    elif scheduled:
+        gamma_t = select_gamma(p_t, opt.thresholds, opt.values)
     pw_t = None if opt.pos_weight is None else opt.pos_weight.gather(1, idx).to(x.dtype)
     if pw_t is not None:
         ce_t = ce_t * pw_t
-    if scheduled:
+    if power_t is not None:
+        wm_t = power_t
+    elif scheduled:
         wm_t = tensor_power(q_t.clone(), gamma_t, 0.0 not in opt.values)
     else:
         wm_t = None if gamma == 0.0 else (q_t.square() if gamma == 2.0 else q_t.pow(gamma))
@@ -395,7 +458,7 @@ def _sigmoid_index_terms(
     loss_t = ce_t if wm_t is None else ce_t * wm_t
     poly_grad_t = None
     if opt.poly1 != 0.0:  # e * w * (1 - p) ** (gamma + 1); its derivative -A * p (1 - p)
-        mp_t = poly_power(q_t, gamma_t)
+        mp_t = poly_power(q_t, gamma_t) if power_t is None else power_t.clone()
         term_t = torch.mul(q_t, mp_t)
         if w_t is not None:
             term_t.mul_(w_t)

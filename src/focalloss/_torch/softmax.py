@@ -174,6 +174,107 @@ def _exact_steps(values: tuple[float, ...], double: bool) -> bool:
     return True
 
 
+MAX_MULTIPLIED_POWER = 8  # integer schedule values up to this are powers by multiplication
+
+
+@functools.lru_cache(maxsize=64)
+def integer_schedule(values: tuple[float, ...]) -> bool:
+    """Whether every value of a schedule is an integer in ``[0, MAX_MULTIPLIED_POWER]`` (FLSD-53:
+    5 and 3). Then ``stepped_power`` forms ``u ** gamma`` with a few multiplications and one
+    selection per threshold, several times cheaper on the CPU than ``exp(gamma log u)`` per
+    element, and ``gamma_of_steps`` sums the values exactly (small integers)."""
+    return all(v.is_integer() and 0.0 <= v <= MAX_MULTIPLIED_POWER for v in values)
+
+
+def schedule_steps(
+    p_t: Tensor, thresholds: tuple[float, ...], out: Tensor | None = None
+) -> list[Tensor]:
+    """One 0/1 step per threshold, ``p_t >= threshold`` written as floats by the comparison
+    (a bool mask costs several times more on the CPU); NaN ``p_t`` gives 0 everywhere. The last
+    step is written into ``out`` when given (a free buffer of ``p_t``'s shape, or ``p_t`` itself
+    when the caller gives it up), the others into fresh tensors."""
+    p_t = p_t.detach()
+    last = len(thresholds) - 1
+    return [
+        torch.ge(p_t, bound, out=out if out is not None and k == last else torch.empty_like(p_t))
+        for k, bound in enumerate(thresholds)
+    ]
+
+
+def gamma_of_steps(steps: list[Tensor], values: tuple[float, ...], consume: bool = False) -> Tensor:
+    """The schedule's gamma from ``schedule_steps``: ``v_0 + sum_k (v_k - v_(k-1)) step_k``,
+    exact for an ``integer_schedule``. A fresh tensor, or written over ``steps[0]`` with
+    ``consume``; the other steps are left as they are."""
+    first = steps[0]
+    start = first.new_full((), values[0])
+    alpha = values[1] - values[0]
+    gamma = torch.add(start, first, alpha=alpha, out=first if consume else None)
+    for k in range(1, len(steps)):
+        gamma.add_(steps[k], alpha=values[k + 1] - values[k])
+    return gamma
+
+
+def _int_power(u: Tensor, n: int, out: Tensor | None = None) -> Tensor:
+    """``u ** n`` for ``0 <= n <= 8`` by PyTorch's square and cube kernels and multiplication
+    (``pow`` with another integer exponent takes the slow general path on the CPU); in ``out``
+    when given, else a fresh tensor; ``u ** 0 = 1``."""
+    if n <= 1:
+        if out is None:
+            return torch.ones_like(u) if n == 0 else u.clone()
+        return out.fill_(1.0) if n == 0 else out.copy_(u)
+    if n % 3 == 0:  # 3, 6
+        result = torch.pow(u, 3, out=out) if out is not None else u.pow(3)
+        return result.square_() if n == 6 else result
+    result = torch.square(u, out=out) if out is not None else u.square()  # 2, 4, 5, 7, 8
+    if n == 7:
+        result.mul_(u).square_()  # u ** 6
+    elif n >= 4:
+        result.square_()  # u ** 4
+    if n in (5, 7):
+        result.mul_(u)
+    if n == 8:
+        result.square_()
+    return result
+
+
+def stepped_power(
+    u: Tensor,
+    steps: list[Tensor],
+    values: tuple[float, ...],
+    *,
+    overwrite: bool = False,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``u ** values[k]`` per element, ``k`` the number of steps that are 1, for an
+    ``integer_schedule`` (``steps`` broadcast to ``u``); ``u ** 0 = 1``, also at ``u = 0``.
+
+    The result is in ``out`` when given (a buffer the caller no longer needs), else in a fresh
+    tensor; ``u`` is written over only with ``overwrite``. The powers are formed by
+    multiplication and ``lerp`` selects between them along the steps, exact at the weights 0
+    and 1 (its ends are finite: ``0 <= u <= 1``). Fresh buffers cost more than the arithmetic
+    on the CPU (page faults), so with one threshold the two powers share ``u`` and ``out``:
+    FLSD-53 is ``D = u ** 2`` (in ``out``), ``L = u ** 3`` (in place when ``overwrite``),
+    ``D = D L = u ** 5``, ``D = lerp(D, L, step)``."""
+    exponents = [int(v) for v in values]
+    if len(exponents) == 2:
+        low, high = sorted(exponents)
+        diff = _int_power(u, high - low, out=out)  # before u is written over
+        if low == 1 and not overwrite:
+            lower = u
+        elif overwrite and low <= 3:
+            lower = u.fill_(1.0) if low == 0 else (u if low == 1 else u.pow_(low))
+        else:
+            lower = _int_power(u, low)
+        higher = diff.mul_(lower) if low != 0 else diff
+        start, end = (higher, lower) if exponents[0] == high else (lower, higher)
+        return torch.lerp(start, end, steps[0], out=higher)
+    powers = {e: u if e == 1 else _int_power(u, e) for e in set(exponents)}
+    m = torch.lerp(powers[exponents[0]], powers[exponents[1]], steps[0], out=out)
+    for e, step in zip(exponents[2:], steps[1:], strict=True):
+        m.lerp_(powers[e], step)
+    return m
+
+
 def scheduled_modulator(u: Tensor, gamma: Tensor, detach: bool) -> Tensor:
     """``u ** gamma`` for a tensor ``gamma`` (detached, ``>= 0``), differentiable in ``u`` with
     a zero derivative where ``u = 0`` (as ``common.focal_modulator``; ``0 ** 0 = 1``)."""
@@ -442,13 +543,18 @@ def _dense_forward(
             if eps != 0.0:
                 q_dist.mul_(1.0 - eps).add_(eps / num_classes)
     focal_gamma: float | Tensor = gamma
+    steps = None  # an integer schedule's 0/1 steps per position (see stepped_power)
     if extras.scheduled:  # gamma per position from the detached P = sum_c q_c p_c
         if lp_t is not None:
             big_p = lp_t.exp().mul_(1.0 - eps).add_(eps / num_classes)
         else:
             p = lp.exp()
             big_p = torch.mul(q_dist, p).sum(1)
-        focal_gamma = select_gamma(big_p, extras.thresholds, extras.values)
+        if integer_schedule(extras.values):
+            steps = schedule_steps(big_p, extras.thresholds)  # kept for the modulator
+            focal_gamma = gamma_of_steps(steps, extras.values)
+        else:
+            focal_gamma = select_gamma(big_p, extras.thresholds, extras.values)
     scheduled = isinstance(focal_gamma, Tensor)
     class_gamma = focal_gamma.unsqueeze(1) if scheduled else focal_gamma
 
@@ -460,7 +566,11 @@ def _dense_forward(
             p = lp.exp() if p is None else p  # kept for the gradient
             c = torch.mul(p, lp).div_(km).nan_to_num_(nan=0.0).mul_(class_gamma).add_(1.0)
         km.neg_()
-        if scheduled:  # the kernels' exp(gamma log(1 - p)) where no piece is 0 (tensor_power)
+        if steps is not None:  # integer powers by multiplication, selected per position;
+            # the gradient's buffer `out` is free until the end (km is dead by then)
+            class_steps = [step.unsqueeze(1) for step in steps]
+            km = stepped_power(km, class_steps, extras.values, overwrite=True, out=out)
+        elif scheduled:  # the kernels' exp(gamma log(1 - p)) where no piece is 0 (tensor_power)
             tensor_power(km, class_gamma, extras.zero_free)
         elif gamma != 1.0:
             km.pow_(class_gamma)
