@@ -37,7 +37,9 @@ per-position scalar of the ``s * (p - onehot)`` form.
 
 A :class:`~focalloss.GammaSchedule` replaces the number ``gamma`` by a per-position tensor
 chosen from the detached ``P`` (``p_t`` for hard targets); every formula above holds with it,
-``gamma`` being a constant of each position.
+``gamma`` being a constant of each position. Per logit (the dense path), a schedule of small
+integers (FLSD-53) forms ``(1 - p) ** gamma`` by multiplication and selects along its 0/1 steps
+(``stepped_power``); other schedules use ``exp(gamma log(1 - p))``.
 
 Large allocations dominate on the CPU (a fresh logits-sized buffer costs about three in-place
 passes), so the code below reuses buffers it owns with in-place operations.
