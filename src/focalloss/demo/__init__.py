@@ -4,9 +4,11 @@ Three demos (``focalloss demo [segmentation|detection|calibration]``):
 
 * :mod:`.segmentation`: a small U-Net on generated, imbalanced images (CE vs focal loss);
 * :mod:`.detection`: a small one-stage detector on generated images with small objects
-  (alpha-balanced BCE vs sigmoid focal loss with and without the prior-bias init), COCO AP;
+  (alpha-balanced BCE vs sigmoid focal loss with and without the prior-bias init, varifocal
+  and quality focal loss), COCO AP;
 * :mod:`.calibration`: an MLP on scikit-learn's digits made long-tailed (CE, label smoothing,
-  focal loss gamma 3): accuracy, ECE and NLL before and after temperature scaling.
+  focal loss gamma 3, FLSD-53, Poly-1): accuracy, ECE and NLL before and after temperature
+  scaling.
 
 Each runs every loss on every seed and reports the paired difference to the baseline with a
 95% t-interval over seeds (:mod:`.stats`).
