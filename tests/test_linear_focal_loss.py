@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import focalloss._linear_torch as engine
+from compiled_steps import check_compiled_linear_step
 from focalloss import LinearFocalLoss, focal_loss, linear_focal_loss
 
 # --------------------------------------------------------------------------------------------
@@ -492,40 +493,12 @@ def test_torch_func_grad():
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_compiled_training_step(reduction):
-    torch._dynamo.reset()
     torch.manual_seed(0)
-    body = torch.nn.Linear(5, 8)
-    head = torch.nn.Linear(8, 37)
     criterion = LinearFocalLoss(
         gamma=2.0, z_loss=1e-3, logit_softcap=5.0, poly1_epsilon=1.0, reduction=reduction,
         chunk_size=4, weight=torch.rand(37) + 0.5,
     )  # fmt: skip
-
-    def forward(x, t):
-        loss = criterion(torch.tanh(body(x)), head.weight, t, head.bias)
-        return loss if loss.dim() == 0 else (loss * torch.arange(loss.numel())).sum()
-
-    compiled = torch.compile(forward, fullgraph=True, dynamic=True)
-    params = [body.weight, head.weight, head.bias]
-    for i, n in enumerate((10, 13)):
-        x = torch.randn(n, 5)
-        t = torch.randint(0, 37, (n,))
-        t[2] = -100
-        stance = torch.compiler.set_stance("fail_on_recompile") if i else torch.enable_grad()
-        with stance:
-            for p in params:
-                p.grad = None
-            got = compiled(x, t)
-            got.backward()
-        got_grads = [p.grad.clone() for p in params]
-        for p in params:
-            p.grad = None
-        expected = forward(x, t)
-        expected.backward()
-        torch.testing.assert_close(got, expected)
-        for a, e in zip(got_grads, [p.grad for p in params], strict=True):
-            torch.testing.assert_close(a, e)
-    torch._dynamo.reset()
+    check_compiled_linear_step(criterion)
 
 
 # --------------------------------------------------------------------------------------------
