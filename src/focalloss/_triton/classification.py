@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._spec.classification import AsymmetricSpec, FocalStarSpec
 from . import register
+from .families import alpha_vector_mode
 
 
 def _asymmetric_forward(spec: AsymmetricSpec, need_grad: bool) -> tuple[Tensor, Tensor]:
@@ -37,11 +38,7 @@ def _asymmetric_forward(spec: AsymmetricSpec, need_grad: bool) -> tuple[Tensor, 
 
 def _focal_star_forward(spec: FocalStarSpec, need_grad: bool) -> tuple[Tensor, Tensor]:
     alpha = spec.alpha
-    vector = None
-    if isinstance(alpha, Tensor):  # per class (C,), or a 0-d buffer: one value per class
-        classes = spec.input.shape[1] if spec.input.dim() >= 2 else 1
-        vector = alpha if alpha.dim() == 1 else alpha.expand(classes).contiguous()
-    mode = 0 if alpha is None else (2 if vector is not None else 1)
+    vector, mode = alpha_vector_mode(spec.input, alpha)
     return torch.ops.focalloss.focal_star_fwd(
         spec.input,
         spec.target,

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .frames import blocks, framed, grad_buffer, grid
+from .frames import blocks, framed, framed_grad, grad_buffer, grid
 
 
 @triton.jit
@@ -279,11 +279,7 @@ def _launch(
     else:
         loss = input.new_empty(launch[0], dtype=acc_dtype)
         l_strides = (0, 0, 0)
-    if need_grad:
-        grad = grad_buffer(input)
-        _, _, g_strides = framed(grad, class_dim=True)
-    else:
-        grad, g_strides = input.new_empty(0), (0, 0, 0)
+    grad, g_strides = framed_grad(input, need_grad)
     _classification_fwd_kernel[launch](
         x,
         t,

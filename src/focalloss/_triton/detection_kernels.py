@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .frames import blocks, framed, grad_buffer, grid
+from .frames import blocks, framed, framed_grad, grad_buffer, grid
 from .kernels import _log1p, _modulator
 from .ops import _acc, _acc_dtype, _mask_frame, _params
 
@@ -330,11 +330,7 @@ def quality_sigmoid_fwd(
         loss = input.new_empty(input.shape[:1] + input.shape[2:], dtype=acc_dtype)
     else:
         loss = input.new_empty(launch[0], dtype=acc_dtype)
-    if need_grad:
-        grad = grad_buffer(input)
-        _, _, g_strides = framed(grad, class_dim=True)
-    else:
-        grad, g_strides = input.new_empty(0), (0, 0, 0)
+    grad, g_strides = framed_grad(input, need_grad)
     _quality_sigmoid_fwd_kernel[launch](
         x,
         t,
@@ -408,11 +404,7 @@ def distribution_focal_fwd(
         loss = input.new_empty(target.shape, dtype=acc_dtype)
     else:
         loss = input.new_empty(launch[0], dtype=acc_dtype)
-    if need_grad:
-        grad = grad_buffer(input)
-        _, _, g_strides = framed(grad, class_dim=True)
-    else:
-        grad, g_strides = input.new_empty(0), (0, 0, 0)
+    grad, g_strides = framed_grad(input, need_grad)
     _distribution_focal_fwd_kernel[launch](
         x,
         y,

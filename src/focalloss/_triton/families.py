@@ -34,13 +34,21 @@ def _softmax_forward(spec: SoftmaxFocalSpec, need_grad: bool) -> tuple[Tensor, T
     )
 
 
+def alpha_vector_mode(input: Tensor, alpha: float | Tensor | None) -> tuple[Tensor | None, int]:
+    """A sigmoid-family ``alpha`` as the kernels take it: ``(vector, mode)`` with mode 0 (no
+    alpha), 1 (one number, passed as a parameter) or 2 (per class: ``vector`` of C values; a 0-d
+    buffer is expanded to one value per class)."""
+    if alpha is None:
+        return None, 0
+    if not isinstance(alpha, Tensor):
+        return None, 1
+    classes = input.shape[1] if input.dim() >= 2 else 1
+    return (alpha if alpha.dim() == 1 else alpha.expand(classes).contiguous()), 2
+
+
 def _sigmoid_forward(spec: SigmoidFocalSpec, need_grad: bool) -> tuple[Tensor, Tensor]:
     alpha = spec.alpha
-    vector = None
-    if isinstance(alpha, Tensor):  # per class (C,), or a 0-d buffer: one value per class
-        classes = spec.input.shape[1] if spec.input.dim() >= 2 else 1
-        vector = alpha if alpha.dim() == 1 else alpha.expand(classes).contiguous()
-    mode = 0 if alpha is None else (2 if vector is not None else 1)
+    vector, mode = alpha_vector_mode(spec.input, alpha)
     return torch.ops.focalloss.sigmoid_focal_fwd(
         spec.input,
         spec.target,

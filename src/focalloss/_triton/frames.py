@@ -68,6 +68,15 @@ def grad_buffer(input: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return torch.empty_like(input, dtype=dtype)
 
 
+def framed_grad(input: Tensor, need_grad: bool) -> tuple[Tensor, tuple[int, int, int]]:
+    """The gradient buffer of a launch and its frame strides; without ``need_grad`` an empty
+    placeholder the kernel never touches."""
+    if not need_grad:
+        return input.new_empty(0), (0, 0, 0)
+    grad = grad_buffer(input)
+    return grad, framed(grad, class_dim=True)[2]
+
+
 def next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .frames import blocks, framed, grad_buffer, grid
+from .frames import blocks, framed, framed_grad, grad_buffer, grid
 from .kernels import _scale_grad_kernel, _sigmoid_focal_fwd_kernel, _softmax_focal_fwd_kernel
 
 
@@ -84,11 +84,7 @@ def softmax_focal_fwd(
         loss = input.new_empty(target.shape, dtype=acc_dtype)
     else:
         loss = input.new_empty(launch[0], dtype=acc_dtype)
-    if need_grad:
-        grad = grad_buffer(input)
-        _, _, g_strides = framed(grad, class_dim=True)
-    else:
-        grad, g_strides = input.new_empty(0), (0, 0, 0)
+    grad, g_strides = framed_grad(input, need_grad)
     _softmax_focal_fwd_kernel[launch](
         x,
         t,
@@ -177,11 +173,7 @@ def sigmoid_focal_fwd(
     else:
         loss = input.new_empty(launch[0], dtype=acc_dtype)
         l_strides = (0, 0, 0)
-    if need_grad:
-        grad = grad_buffer(input)
-        _, _, g_strides = framed(grad, class_dim=True)
-    else:
-        grad, g_strides = input.new_empty(0), (0, 0, 0)
+    grad, g_strides = framed_grad(input, need_grad)
     _sigmoid_focal_fwd_kernel[launch](
         x,
         t,
