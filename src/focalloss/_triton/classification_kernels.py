@@ -37,22 +37,15 @@ import triton.language as tl
 from torch import Tensor
 
 from .frames import blocks, framed, framed_grad, grad_buffer, grid
-
-
-@triton.jit
-def _log1p(x):
-    """log(1 + x) for x > -1 without losing small |x| (Kahan)."""
-    u = 1.0 + x
-    d = tl.where(u == 1.0, 1.0, u - 1.0)
-    return tl.where(u == 1.0, x, tl.log(u) * x / d)
-
-
-@triton.jit
-def _pow(base, exponent, ZERO: tl.constexpr):
-    """base ** exponent for base >= 0: exactly 0 at base 0 (exponent > 0), 1 for ZERO."""
-    if ZERO:
-        return tl.full(base.shape, 1.0, base.dtype)
-    return tl.exp(exponent * tl.log(base))
+from .kernels import (
+    _class_block,
+    _log1p,
+    _modulator,
+    _not_ignored,
+    _position_scale,
+    _position_tile,
+)
+from .ops import _acc, _acc_dtype, _params
 
 
 @triton.jit
@@ -101,12 +94,7 @@ def _classification_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    tiles = (S + BLOCK_S - 1) // BLOCK_S
-    n = pid // tiles
-    pid_s = pid % tiles
-    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    in_s = offs_s < S
+    pid, n, offs_s, in_s = _position_tile(S, BLOCK_S)
     param0 = tl.load(params_ptr).to(ACC)
     param1 = tl.load(params_ptr + 1).to(ACC)
     param2 = tl.load(params_ptr + 2).to(ACC)
@@ -115,29 +103,18 @@ def _classification_fwd_kernel(
         target = tl.load(t_ptr + n * stride_tn + offs_s * stride_ts, mask=in_s, other=0)
         target = target.to(tl.int64)
         if HAS_IGNORE:
-            skip = tl.load(ignored_ptr + n * stride_mn + offs_s * stride_ms, mask=in_s, other=1)
-            valid = valid & (skip == 0)
-    scale = tl.where(valid, 1.0, 0.0).to(ACC)
-    if HAS_SCALE:
-        scale = scale * tl.load(scale_ptr).to(ACC)
+            valid = _not_ignored(valid, ignored_ptr, stride_mn, stride_ms, n, offs_s, in_s)
+    scale = _position_scale(valid, scale_ptr, HAS_SCALE, ACC)
     partial = tl.zeros([BLOCK_S], ACC)
     for c0 in range(0, C, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         in_c = offs_c < C
         mask = in_c[:, None] & in_s[None, :]
-        x = tl.load(
-            x_ptr + n * stride_xn + offs_c[:, None] * stride_xc + offs_s[None, :] * stride_xs,
-            mask=mask,
-            other=0.0,
-        ).to(ACC)
+        x = _class_block(x_ptr, stride_xn, stride_xc, stride_xs, n, offs_c, offs_s, mask, ACC)
         if INDEX:
             t = tl.where(offs_c[:, None] == target[None, :], 1.0, 0.0).to(ACC)
         else:
-            t = tl.load(
-                t_ptr + n * stride_tn + offs_c[:, None] * stride_tc + offs_s[None, :] * stride_ts,
-                mask=mask,
-                other=0.0,
-            ).to(ACC)
+            t = _class_block(t_ptr, stride_tn, stride_tc, stride_ts, n, offs_c, offs_s, mask, ACC)
         if LOSS == 0:
             gp = param0
             gn = param1
@@ -149,17 +126,17 @@ def _classification_fwd_kernel(
             p = tl.where(x >= 0, big, small)
             q = tl.where(x >= 0, small, big)
             sp_pos = tl.maximum(-x, 0.0) + log_term  # -log p
-            m_pos = _pow(q, gp, ZERO_POS)
+            m_pos = _modulator(q, gp, ZERO_POS)
             loss_a = m_pos * sp_pos
             if CLIP:
                 pm = p - clip
                 pm = tl.where(pm < 0.0, 0.0, pm)  # (not maximum: NaN must stay NaN)
                 nce = -_log1p(-pm)  # -log(1 - p_m), at most -log(clip)
-                m_neg = _pow(pm, gn, ZERO_NEG)
+                m_neg = _modulator(pm, gn, ZERO_NEG)
                 loss_b = m_neg * nce
             else:
                 sp_neg = tl.maximum(x, 0.0) + log_term  # -log(1 - p)
-                m_neg = _pow(p, gn, ZERO_NEG)
+                m_neg = _modulator(p, gn, ZERO_NEG)
                 loss_b = m_neg * sp_neg
             if INDEX:  # t is exactly 0 or 1: pick the term
                 loss = tl.where(t > 0.0, loss_a, loss_b)
@@ -227,22 +204,6 @@ def _classification_fwd_kernel(
             tl.store(ptrs, g.to(grad_ptr.dtype.element_ty), mask=mask)
     if not PER_ELEMENT:
         tl.store(loss_ptr + pid, tl.sum(partial, axis=0))
-
-
-def _acc(dtype: torch.dtype) -> tl.dtype:
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _acc_dtype(input: Tensor) -> torch.dtype:
-    return torch.float64 if input.dtype == torch.float64 else torch.float32
-
-
-def _params(input: Tensor, *values: float) -> Tensor:
-    """Floats as a device tensor of the accumulation dtype, written by fills."""
-    params = input.new_empty(len(values), dtype=_acc_dtype(input))
-    for i, value in enumerate(values):
-        params[i].fill_(value)
-    return params
 
 
 def _launch(

@@ -24,7 +24,14 @@ import triton.language as tl
 from torch import Tensor
 
 from .frames import blocks, framed, framed_grad, grad_buffer, grid
-from .kernels import _log1p, _modulator
+from .kernels import (
+    _class_block,
+    _log1p,
+    _modulator,
+    _not_ignored,
+    _position_scale,
+    _position_tile,
+)
 from .ops import _acc, _acc_dtype, _mask_frame, _params
 
 VARIFOCAL, QUALITY_FOCAL = 0, 1
@@ -78,12 +85,7 @@ def _quality_sigmoid_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    tiles = (S + BLOCK_S - 1) // BLOCK_S
-    n = pid // tiles
-    pid_s = pid % tiles
-    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    in_s = offs_s < S
+    pid, n, offs_s, in_s = _position_tile(S, BLOCK_S)
     alpha = tl.load(params_ptr).to(ACC)
     exponent = tl.load(params_ptr + 1).to(ACC)
     valid = in_s
@@ -93,29 +95,18 @@ def _quality_sigmoid_fwd_kernel(
         score = tl.load(s_ptr + n * stride_sn + offs_s * stride_ss, mask=in_s, other=0.0)
         score = score.to(ACC)
         if HAS_IGNORE:
-            skip = tl.load(ignored_ptr + n * stride_mn + offs_s * stride_ms, mask=in_s, other=1)
-            valid = valid & (skip == 0)
-    scale = tl.where(valid, 1.0, 0.0).to(ACC)
-    if HAS_SCALE:
-        scale = scale * tl.load(scale_ptr).to(ACC)
+            valid = _not_ignored(valid, ignored_ptr, stride_mn, stride_ms, n, offs_s, in_s)
+    scale = _position_scale(valid, scale_ptr, HAS_SCALE, ACC)
     partial = tl.zeros([BLOCK_S], ACC)
     for c0 in range(0, C, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         in_c = offs_c < C
         mask = in_c[:, None] & in_s[None, :]
-        x = tl.load(
-            x_ptr + n * stride_xn + offs_c[:, None] * stride_xc + offs_s[None, :] * stride_xs,
-            mask=mask,
-            other=0.0,
-        ).to(ACC)
+        x = _class_block(x_ptr, stride_xn, stride_xc, stride_xs, n, offs_c, offs_s, mask, ACC)
         if INDEX:
             t = tl.where(offs_c[:, None] == target[None, :], score[None, :], 0.0).to(ACC)
         else:
-            t = tl.load(
-                t_ptr + n * stride_tn + offs_c[:, None] * stride_tc + offs_s[None, :] * stride_ts,
-                mask=mask,
-                other=0.0,
-            ).to(ACC)
+            t = _class_block(t_ptr, stride_tn, stride_tc, stride_ts, n, offs_c, offs_s, mask, ACC)
         # p, 1 - p, softplus(-x), softplus(x) from e = exp(-|x|), each without cancellation.
         e = tl.exp(-tl.abs(x))
         log_term = _log1p(e)
@@ -211,12 +202,7 @@ def _distribution_focal_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    tiles = (S + BLOCK_S - 1) // BLOCK_S
-    n = pid // tiles
-    pid_s = pid % tiles
-    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    in_s = offs_s < S
+    pid, n, offs_s, in_s = _position_tile(S, BLOCK_S)
     x_row = x_ptr + n * stride_xn + offs_s * stride_xs
     neg_inf = float("-inf")
 
@@ -238,8 +224,7 @@ def _distribution_focal_fwd_kernel(
     y = tl.load(y_ptr + n * stride_yn + offs_s * stride_ys, mask=in_s, other=0.0).to(ACC)
     valid = in_s
     if HAS_IGNORE:
-        skip = tl.load(ignored_ptr + n * stride_mn + offs_s * stride_ms, mask=in_s, other=1)
-        valid = valid & (skip == 0)
+        valid = _not_ignored(valid, ignored_ptr, stride_mn, stride_ms, n, offs_s, in_s)
     left_f = tl.minimum(tl.maximum(tl.floor(y), 0.0), C - 2.0)
     left = left_f.to(tl.int64)
     w_r = y - left_f
@@ -259,9 +244,7 @@ def _distribution_focal_fwd_kernel(
         tl.store(loss_ptr + pid, tl.sum(loss, axis=0))
 
     if NEED_GRAD:
-        scale = tl.where(valid, 1.0, 0.0).to(ACC)
-        if HAS_SCALE:
-            scale = scale * tl.load(scale_ptr).to(ACC)
+        scale = _position_scale(valid, scale_ptr, HAS_SCALE, ACC)
         if HAS_W:
             scale = scale * w
         g_row = grad_ptr + n * stride_gn + offs_s * stride_gs

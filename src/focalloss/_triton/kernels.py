@@ -63,6 +63,43 @@ def _expm1(x):
     return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * x / safe_log))
 
 
+# The tile every kernel works on: one program per (n, block of positions) of the (N, C, S) frame.
+
+
+@triton.jit
+def _position_tile(S, BLOCK_S: tl.constexpr):
+    """``(pid, n, offs_s, in_s)``: program ``pid`` of a 1-D grid (no 65535 cap on any axis)
+    covers row ``n`` and the ``BLOCK_S`` positions ``offs_s`` of it; ``in_s``: inside ``S``."""
+    pid = tl.program_id(0).to(tl.int64)
+    tiles = (S + BLOCK_S - 1) // BLOCK_S
+    n = pid // tiles
+    offs_s = (pid % tiles) * BLOCK_S + tl.arange(0, BLOCK_S)
+    return pid, n, offs_s, offs_s < S
+
+
+@triton.jit
+def _not_ignored(valid, ignored_ptr, stride_mn, stride_ms, n, offs_s, in_s):
+    """``valid`` without the positions the ignored mask flags (outside ``S``: ignored)."""
+    skip = tl.load(ignored_ptr + n * stride_mn + offs_s * stride_ms, mask=in_s, other=1)
+    return valid & (skip == 0)
+
+
+@triton.jit
+def _position_scale(valid, scale_ptr, HAS_SCALE: tl.constexpr, ACC: tl.constexpr):
+    """The gradient factor of each position: 0 where not valid, else the 0-d scale (or 1)."""
+    scale = tl.where(valid, 1.0, 0.0).to(ACC)
+    if HAS_SCALE:
+        scale = scale * tl.load(scale_ptr).to(ACC)
+    return scale
+
+
+@triton.jit
+def _class_block(ptr, stride_n, stride_c, stride_s, n, offs_c, offs_s, mask, ACC: tl.constexpr):
+    """The ``(BLOCK_C, BLOCK_S)`` block of a framed tensor at row ``n``, 0 outside ``mask``."""
+    offsets = n * stride_n + offs_c[:, None] * stride_c + offs_s[None, :] * stride_s
+    return tl.load(ptr + offsets, mask=mask, other=0.0).to(ACC)
+
+
 @triton.jit
 def _log1p(x):
     """log(1 + x) for x >= 0 without losing small x (Kahan)."""
@@ -139,12 +176,7 @@ def _softmax_focal_fwd_kernel(
     SCHEDULE_K: tl.constexpr = 0,
 ):
     # One program per (n, block of positions), on a 1-D grid (no 65535 cap on any axis).
-    pid = tl.program_id(0).to(tl.int64)
-    tiles = (S + BLOCK_S - 1) // BLOCK_S
-    n = pid // tiles
-    pid_s = pid % tiles
-    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    in_s = offs_s < S
+    pid, n, offs_s, in_s = _position_tile(S, BLOCK_S)
     x_row = x_ptr + n * stride_xn + offs_s * stride_xs
     neg_inf = float("-inf")
     gamma = tl.load(params_ptr).to(ACC)
@@ -170,8 +202,7 @@ def _softmax_focal_fwd_kernel(
     # ever leaves the logits.
     valid = in_s & (t >= 0) & (t < C)
     if HAS_IGNORE:
-        skip = tl.load(ignored_ptr + n * stride_mn + offs_s * stride_ms, mask=in_s, other=1)
-        valid = valid & (skip == 0)
+        valid = _not_ignored(valid, ignored_ptr, stride_mn, stride_ms, n, offs_s, in_s)
     t = tl.where(valid, t, 0)
     x_t = tl.load(x_row + t * stride_xc, mask=in_s, other=0.0).to(ACC)
     lp_t = x_t - lse
@@ -251,9 +282,7 @@ def _softmax_focal_fwd_kernel(
 
     if NEED_GRAD:
         # Pass 3: grad_c = scale * (p_c * (total + hard_s) - ng_c - hard_s * [c == t]).
-        scale = tl.where(valid, 1.0, 0.0).to(ACC)
-        if HAS_SCALE:
-            scale = scale * tl.load(scale_ptr).to(ACC)
+        scale = _position_scale(valid, scale_ptr, HAS_SCALE, ACC)
         g_row = grad_ptr + n * stride_gn + offs_s * stride_gs
         for c0 in range(0, C, BLOCK_C):
             offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -335,12 +364,7 @@ def _sigmoid_focal_fwd_kernel(
     POLY: tl.constexpr = False,
     SCHEDULE_K: tl.constexpr = 0,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    tiles = (S + BLOCK_S - 1) // BLOCK_S
-    n = pid // tiles
-    pid_s = pid % tiles
-    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    in_s = offs_s < S
+    pid, n, offs_s, in_s = _position_tile(S, BLOCK_S)
     gamma = tl.load(params_ptr).to(ACC)
     alpha = tl.load(params_ptr + 1).to(ACC)
     valid = in_s
@@ -348,29 +372,18 @@ def _sigmoid_focal_fwd_kernel(
         target = tl.load(t_ptr + n * stride_tn + offs_s * stride_ts, mask=in_s, other=0)
         target = target.to(tl.int64)
         if HAS_IGNORE:
-            skip = tl.load(ignored_ptr + n * stride_mn + offs_s * stride_ms, mask=in_s, other=1)
-            valid = valid & (skip == 0)
-    scale = tl.where(valid, 1.0, 0.0).to(ACC)
-    if HAS_SCALE:
-        scale = scale * tl.load(scale_ptr).to(ACC)
+            valid = _not_ignored(valid, ignored_ptr, stride_mn, stride_ms, n, offs_s, in_s)
+    scale = _position_scale(valid, scale_ptr, HAS_SCALE, ACC)
     partial = tl.zeros([BLOCK_S], ACC)
     for c0 in range(0, C, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         in_c = offs_c < C
         mask = in_c[:, None] & in_s[None, :]
-        x = tl.load(
-            x_ptr + n * stride_xn + offs_c[:, None] * stride_xc + offs_s[None, :] * stride_xs,
-            mask=mask,
-            other=0.0,
-        ).to(ACC)
+        x = _class_block(x_ptr, stride_xn, stride_xc, stride_xs, n, offs_c, offs_s, mask, ACC)
         if INDEX:
             t = tl.where(offs_c[:, None] == target[None, :], 1.0, 0.0).to(ACC)
         else:
-            t = tl.load(
-                t_ptr + n * stride_tn + offs_c[:, None] * stride_tc + offs_s[None, :] * stride_ts,
-                mask=mask,
-                other=0.0,
-            ).to(ACC)
+            t = _class_block(t_ptr, stride_tn, stride_tc, stride_ts, n, offs_c, offs_s, mask, ACC)
         # p, 1 - p, softplus(-x), softplus(x) from e = exp(-|x|), each without cancellation.
         e = tl.exp(-tl.abs(x))
         log_term = _log1p(e)
