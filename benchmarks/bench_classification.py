@@ -25,14 +25,12 @@ profiler's allocation events on the CPU and from the CUDA allocator on a GPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +42,7 @@ from focalloss import (
     sigmoid_focal_loss,
     sigmoid_focal_loss_star,
 )
-from focalloss.benchmark import machine_description
+from focalloss.benchmark import machine_description, peak_mb, sync
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -69,46 +67,6 @@ def autograd_focal_tversky(x: Tensor, t: Tensor, ignore_index=255, a=0.7, b=0.3,
     tp, fn, fp = (p * g).sum(dims), ((1 - p) * g).sum(dims), (p * (1 - g)).sum(dims)
     ti = (tp + 1) / (tp + a * fn + b * fp + 1)
     return ((1 - ti) ** gamma).mean()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Silence the profiler's C++ start/stop lines (written to file descriptor 2)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_mb(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step()
-        sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 1e6
-    from torch.profiler import ProfilerActivity, profile
-
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    level = peak = 0
-    for event in events:
-        level += event.nbytes()
-        peak = max(peak, level)
-    return peak / 1e6
 
 
 def fwd_bwd(fn: Loss, x: Tensor, t: Tensor) -> Callable[[], None]:

@@ -206,7 +206,7 @@ def run(case: Case, device: torch.device, rounds: int, warmup: int) -> list[dict
                 impl=name,
                 wall_ms=statistics.median(wall[name]),
                 cpu_ms=statistics.median(cpu[name]),
-                peak_mb=focalloss_benchmark._peak_mb(step, device),
+                peak_mb=focalloss_benchmark.peak_mb(step, device),
                 wall_rounds_ms=wall[name],
                 cpu_rounds_ms=cpu[name],
             )

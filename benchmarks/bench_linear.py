@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from focalloss import GammaSchedule, focal_loss, linear_focal_loss
+from focalloss.benchmark import peak_mb
 
 CPU_CASES = [(4096, 1024, 32000), (1024, 1024, 128000)]
 CUDA_CASES = [(8192, 4096, 128000)]
@@ -52,29 +53,6 @@ def machine() -> str:
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
     return "; ".join(parts)
-
-
-def cpu_peak_bytes(fn: Callable[[], None]) -> int:
-    """Peak of the running sum of the profiler's allocation events during ``fn`` (bytes
-    allocated above the state before it)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        stack.extend(node.children)
-    events.sort()
-    current = peak = 0
-    for _, size in events:
-        current += size
-        peak = max(peak, current)
-    return peak
 
 
 def make_case(n: int, d: int, v: int, dtype: torch.dtype, device: str, seed: int = 0):
@@ -145,7 +123,7 @@ def run_case(
             sync()
             peak = torch.cuda.max_memory_allocated() - base
         else:
-            peak = cpu_peak_bytes(lambda fn=fn: fn(x, w, t).backward())
+            peak = int(peak_mb(lambda fn=fn: fn(x, w, t).backward(), torch.device("cpu")) * 1e6)
         peaks[name] = peak - grad_bytes
     x.grad = None
     w.grad = None

@@ -34,14 +34,9 @@ import torch
 from torch import Tensor
 
 from focalloss import GammaSchedule, focal_loss, sigmoid_focal_loss
-from focalloss.benchmark import machine_description
+from focalloss.benchmark import machine_description, sync
 
 SHAPE = (8, 19, 256, 256)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_of(fn: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], None]:

@@ -60,27 +60,28 @@ class Case:
     results: list[Result] = field(default_factory=list)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _time_once(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) * 1e3
 
 
-def _peak_mb(fn: Callable[[], object], device: torch.device) -> float:
+def peak_mb(fn: Callable[[], object], device: torch.device) -> float:
     """Largest allocation above the starting level while ``fn`` runs, in MB."""
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         fn()
-        _sync(device)
+        sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 1e6
     from torch.profiler import ProfilerActivity, profile
 
@@ -150,7 +151,7 @@ def run_case(case: Case, device: torch.device, rounds: int, warmup: int) -> list
                 impl=name,
                 fwd_bwd_ms=fb,
                 fwd_ms=statistics.median(timings[name]["fwd"]),
-                peak_mb=_peak_mb(fwd_bwd, device),
+                peak_mb=peak_mb(fwd_bwd, device),
                 gbps=case.fused_bytes / (fb * 1e-3) / 1e9,
             )
         )
