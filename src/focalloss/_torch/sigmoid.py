@@ -297,29 +297,22 @@ def _negative_schedule(
     by multiplication for an integer schedule, and the gradient ``(p + q ce gamma) w a p **
     gamma``; ``steps`` are an integer schedule's (from ``q``, a negative's ``p_t``). ``p``,
     ``q``, ``sp_pos`` and the steps are used up."""
+    neg_gamma = None
     if steps is not None:
         wm = stepped_power(p, steps, opt.values, out=sp_pos)  # log p is not needed
         if opt.alpha is not None:
             wm.mul_(_alpha_factors(opt.alpha)[1])
-        if opt.weight is not None:
-            wm.mul_(opt.weight)
-        loss = ce * wm
-        if not need_grad:
-            return loss, None
-        if opt.detach_modulator:
-            return loss, p.mul_(wm)
-        gamma = gamma_of_steps(steps, opt.values, consume=True)
-        return loss, q.mul_(ce).mul_(gamma).add_(p).mul_(wm)
-    neg_gamma = select_gamma(q, opt.thresholds, opt.values, sign=-1.0)
-    if opt.alpha is None:
-        wm = sp_pos.mul_(neg_gamma).exp_()  # p ** gamma
-    else:  # (1 - alpha) p ** gamma = exp(log(1 - alpha) - gamma softplus(-x)): one pass less
-        alpha = opt.alpha
-        if isinstance(alpha, Tensor):
-            log_a = torch.log1p(-alpha)
-        else:  # a fill, not a host-to-device copy; alpha = 1 gives log 0 = -inf, a factor 0
-            log_a = p.new_full((), math.log1p(-alpha) if alpha < 1.0 else -math.inf)
-        wm = torch.addcmul(log_a, sp_pos, neg_gamma).exp_()
+    else:
+        neg_gamma = select_gamma(q, opt.thresholds, opt.values, sign=-1.0)
+        if opt.alpha is None:
+            wm = sp_pos.mul_(neg_gamma).exp_()  # p ** gamma
+        else:  # (1 - alpha) p ** gamma = exp(log(1 - alpha) - gamma softplus(-x)): one pass less
+            alpha = opt.alpha
+            if isinstance(alpha, Tensor):
+                log_a = torch.log1p(-alpha)
+            else:  # a fill, not a host-to-device copy; alpha = 1 gives log 0 = -inf, a factor 0
+                log_a = p.new_full((), math.log1p(-alpha) if alpha < 1.0 else -math.inf)
+            wm = torch.addcmul(log_a, sp_pos, neg_gamma).exp_()
     if opt.weight is not None:
         wm.mul_(opt.weight)
     loss = ce * wm
@@ -327,6 +320,9 @@ def _negative_schedule(
         return loss, None
     if opt.detach_modulator:
         return loss, p.mul_(wm)
+    if neg_gamma is None:  # the integer schedule's gamma, from its steps
+        gamma = gamma_of_steps(steps, opt.values, consume=True)  # type: ignore[arg-type]
+        return loss, q.mul_(ce).mul_(gamma).add_(p).mul_(wm)
     return loss, p.sub_(q.mul_(ce).mul_(neg_gamma)).mul_(wm)
 
 
