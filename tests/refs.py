@@ -11,6 +11,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def input_grad(loss: Tensor, x: Tensor, go: Tensor | None = None) -> Tensor:
+    """``d(loss)/dx`` with ``go`` as the incoming gradient (ones when None)."""
+    (g,) = torch.autograd.grad(loss, x, torch.ones_like(loss) if go is None else go)
+    return g
+
+
+def float64_logits(shape, seed: int = 0, scale: float = 3.0) -> Tensor:
+    """Seeded float64 logits ``scale * N(0, 1)`` that require grad."""
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
+
+
+def alpha_balanced(loss: Tensor, t: Tensor, alpha, ndim: int) -> Tensor:
+    """``alpha_t * loss`` with ``alpha_t = a t + (1 - a)(1 - t)``: ``alpha`` None or a negative
+    number leaves the loss as it is; a 1-D tensor or list is per class along dim 1."""
+    if alpha is None:
+        return loss
+    a = torch.as_tensor(alpha, dtype=torch.float64)
+    if a.dim() == 1:
+        a = a.view((1, -1) + (1,) * (ndim - 2))
+    if a.dim() > 0 or a.item() >= 0:
+        loss = (a * t + (1 - a) * (1 - t)) * loss
+    return loss
+
+
 def _class_vector(value, num_classes: int) -> Tensor:
     if value is None:
         return torch.ones(num_classes, dtype=torch.float64)
@@ -120,12 +145,7 @@ def sigmoid_focal_ref(
     )
     p_t = p * t + (1 - p) * (1 - t)
     loss = ce * (1 - p_t) ** gamma
-    if alpha is not None:
-        a = torch.as_tensor(alpha, dtype=torch.float64)
-        if a.dim() == 1:
-            a = a.view((1, -1) + (1,) * (x.dim() - 2))
-        if a.dim() > 0 or a.item() >= 0:
-            loss = (a * t + (1 - a) * (1 - t)) * loss
+    loss = alpha_balanced(loss, t, alpha, x.dim())
     if weight is not None:
         loss = loss * weight.double()
     if reduction == "none":

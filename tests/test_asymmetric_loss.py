@@ -12,21 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from focalloss import AsymmetricLoss, asymmetric_loss, sigmoid_focal_loss_star
-
-
-def _grad(loss, x, go=None):
-    (g,) = torch.autograd.grad(loss, x, go)
-    return g
-
-
-def _x(shape, seed=0, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
-
-
-def _one_hot(target, num_classes):
-    """(N, *) indices in [0, C] -> (N, C, *) float64 labels; C is the all-negative background."""
-    return F.one_hot(target, num_classes + 1)[..., :num_classes].movedim(-1, 1).double()
+from refs import float64_logits as _x
+from refs import input_grad as _grad
+from refs import one_hot_with_background as _one_hot
 
 
 def asl_formula(x, t, gamma_pos=0.0, gamma_neg=4.0, clip=0.05):

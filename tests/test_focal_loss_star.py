@@ -10,20 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from focalloss import SigmoidFocalLossStar, sigmoid_focal_loss, sigmoid_focal_loss_star
-
-
-def _grad(loss, x, go=None):
-    (g,) = torch.autograd.grad(loss, x, go)
-    return g
-
-
-def _x(shape, seed=0, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
-
-
-def _one_hot(target, num_classes):
-    return F.one_hot(target, num_classes + 1)[..., :num_classes].movedim(-1, 1).double()
+from refs import alpha_balanced
+from refs import float64_logits as _x
+from refs import input_grad as _grad
+from refs import one_hot_with_background as _one_hot
 
 
 def star_formula(x, t, gamma=2.0, beta=1.0, alpha=0.25):
@@ -34,12 +24,7 @@ def star_formula(x, t, gamma=2.0, beta=1.0, alpha=0.25):
     x_t = x * (2 * t - 1)
     p_star = torch.sigmoid(gamma * x_t + beta)
     loss = -torch.log(p_star) / gamma
-    if alpha is not None:
-        a = torch.as_tensor(alpha, dtype=torch.float64)
-        if a.dim() == 1:
-            a = a.view((1, -1) + (1,) * (x.dim() - 2))
-        if a.dim() > 0 or a.item() >= 0:
-            loss = (a * t + (1 - a) * (1 - t)) * loss
+    loss = alpha_balanced(loss, t, alpha, x.dim())
     return loss
 
 

@@ -16,6 +16,7 @@ from torch._dynamo.utils import counters
 
 import focalloss
 from focalloss import FocalLoss, GammaSchedule, SigmoidFocalLoss, focal_loss, sigmoid_focal_loss
+from refs import input_grad as _grad
 from refs_poly import index_labels, sigmoid_ref, softmax_ref
 
 FLSD = GammaSchedule.flsd53()
@@ -23,11 +24,6 @@ THREE = GammaSchedule((0.25, 0.6), (4.0, 0.0, 1.5))  # a piece of gamma 0 in the
 # 0.4 + (0.1 - 0.4) != 0.1 in floating point: the values are selected, not summed
 INEXACT = GammaSchedule((0.3,), (0.4, 0.1))
 REDUCTIONS = ["none", "mean", "sum"]
-
-
-def _grad(loss, x, go=None):
-    (g,) = torch.autograd.grad(loss, x, torch.ones_like(loss) if go is None else go)
-    return g
 
 
 def _as_ref(schedule):

@@ -24,6 +24,7 @@ from focalloss._torch.softmax import (
     schedule_steps,
     stepped_power,
 )
+from refs import input_grad as _grad
 from refs_poly import gamma_of, index_labels, sigmoid_ref, softmax_ref
 
 SCHEDULES = {
@@ -36,11 +37,6 @@ SCHEDULES = {
     "three-up": GammaSchedule((0.15, 0.5), (2.0, 7.0, 4.0)),
 }
 IDS = list(SCHEDULES)
-
-
-def _grad(loss, x, go=None):
-    (g,) = torch.autograd.grad(loss, x, torch.ones_like(loss) if go is None else go)
-    return g
 
 
 def _pieces(schedule):

@@ -9,19 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from focalloss import SigmoidFocalLoss, focal_loss, sigmoid_focal_loss
+from refs import float64_logits as _x
+from refs import input_grad as _grad
 from refs import one_hot_with_background, sigmoid_focal_ref
 
 SHAPES = [(9,), (6, 4), (3, 4, 5, 2)]
-
-
-def _grad(loss, x, go=None):
-    (g,) = torch.autograd.grad(loss, x, go)
-    return g
-
-
-def _x(shape, seed=0, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
